@@ -1,0 +1,1 @@
+// Enhanced in a later change: posts to /api/vote without a reload.

@@ -1,0 +1,252 @@
+//! The command line. Every setting is a flag and an environment variable from one
+//! definition, so `--help` lists each with its variable and default. Secrets can also come
+//! from files (`<NAME>_FILE`, as Docker secrets are mounted).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use voting_core::Ballot;
+use voting_core::queue::redis::RedisQueue;
+use voting_core::queue::{ConsumerSettings, Durability};
+use voting_core::secrets;
+use voting_core::store::postgres::PostgresStore;
+use voting_core::telemetry::LogFormat;
+
+use crate::vote::cookie::CookieKey;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "voting",
+    version,
+    about = "A voting platform: vote, worker and result services, or all three in one process."
+)]
+pub struct Cli {
+    /// Log format: `text` for people, `json` for log shippers.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Everything in one process, on embedded storage: no Redis, PostgreSQL or Docker needed.
+    Up(UpArgs),
+    /// The vote service: the voting page and API, in front of Redis.
+    Vote(VoteArgs),
+    /// Moves votes from Redis into PostgreSQL.
+    Worker(WorkerArgs),
+    /// The result service: live results from PostgreSQL.
+    Result(ResultArgs),
+    /// Creates or updates the PostgreSQL schema, then exits. Safe to run while the system runs.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BallotArgs {
+    /// The ballot as `id=Label,...` (ids: a-z, 0-9, `_`, `-`); overrides OPTION_A and OPTION_B.
+    #[arg(long = "options", env = "VOTE_OPTIONS")]
+    pub options: Option<String>,
+    /// Label of option `a`.
+    #[arg(long, env = "OPTION_A", default_value = "Cats")]
+    pub option_a: String,
+    /// Label of option `b`.
+    #[arg(long, env = "OPTION_B", default_value = "Dogs")]
+    pub option_b: String,
+}
+
+impl BallotArgs {
+    pub fn ballot(&self) -> anyhow::Result<Ballot> {
+        match &self.options {
+            Some(spec) => Ok(Ballot::parse(spec)?),
+            None => Ok(Ballot::from_labels(&self.option_a, &self.option_b)),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RedisArgs {
+    /// Redis URL (through HAProxy in the HA topology); may hold a password.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
+    pub redis_url: String,
+    /// A file holding REDIS_URL (a Docker secret); wins over REDIS_URL.
+    #[arg(long, env = "REDIS_URL_FILE")]
+    pub redis_url_file: Option<PathBuf>,
+}
+
+impl RedisArgs {
+    pub fn url(&self) -> anyhow::Result<String> {
+        Ok(secrets::resolve("REDIS_URL", Some(self.redis_url.clone()), self.redis_url_file.as_deref())?
+            .unwrap_or_default())
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL (through Pgpool-II in the HA topology); may hold a password.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// A file holding DATABASE_URL (a Docker secret); wins over DATABASE_URL.
+    #[arg(long, env = "DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
+    /// Most PostgreSQL connections this process opens.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 4)]
+    pub database_max_connections: u32,
+}
+
+impl DatabaseArgs {
+    pub fn store(&self) -> anyhow::Result<PostgresStore> {
+        let url = secrets::resolve(
+            "DATABASE_URL",
+            Some(self.database_url.clone()),
+            self.database_url_file.as_deref(),
+        )?
+        .unwrap_or_default();
+        PostgresStore::connect_lazy(&url, self.database_max_connections)
+            .with_context(|| format!("DATABASE_URL {}", secrets::redact_url(&url)))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CookieArgs {
+    /// Key that signs voter cookies; every vote replica needs the same one. Without it a
+    /// random key is made at start, and voters get new cookies after a restart.
+    #[arg(long, env = "COOKIE_SECRET", hide_env_values = true)]
+    pub cookie_secret: Option<String>,
+    /// A file holding COOKIE_SECRET (a Docker secret); wins over COOKIE_SECRET.
+    #[arg(long, env = "COOKIE_SECRET_FILE")]
+    pub cookie_secret_file: Option<PathBuf>,
+}
+
+impl CookieArgs {
+    pub fn key(&self) -> anyhow::Result<Option<CookieKey>> {
+        let secret = secrets::resolve(
+            "COOKIE_SECRET",
+            self.cookie_secret.clone(),
+            self.cookie_secret_file.as_deref(),
+        )?;
+        match secret {
+            Some(secret) if secret.len() < 16 => {
+                anyhow::bail!("COOKIE_SECRET must be at least 16 characters")
+            }
+            Some(secret) => Ok(Some(CookieKey::new(secret.as_bytes()))),
+            None => Ok(None),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct VoteArgs {
+    /// Address to listen on.
+    #[arg(long = "addr", env = "VOTE_ADDR", default_value = "0.0.0.0:8080")]
+    pub addr: SocketAddr,
+    /// `fast`: acknowledge once Redis has the vote; `replicated`: once a replica has it too.
+    #[arg(long, env = "VOTE_DURABILITY", default_value = "fast")]
+    pub durability: Durability,
+    /// How long `replicated` waits for a replica before answering 503.
+    #[arg(long, env = "VOTE_REPLICATION_TIMEOUT_MS", default_value_t = 500)]
+    pub replication_timeout_ms: u64,
+    /// Name shown in page footers; defaults to the host name (the container id under Docker).
+    #[arg(long, env = "INSTANCE_NAME")]
+    pub instance: Option<String>,
+    #[command(flatten)]
+    pub ballot: BallotArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub cookie: CookieArgs,
+}
+
+impl VoteArgs {
+    pub fn queue(&self) -> anyhow::Result<RedisQueue> {
+        let url = self.redis.url()?;
+        RedisQueue::new(&url, self.durability, Duration::from_millis(self.replication_timeout_ms))
+            .with_context(|| format!("REDIS_URL {}", secrets::redact_url(&url)))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Address of the health endpoints.
+    #[arg(long = "addr", env = "WORKER_ADDR", default_value = "0.0.0.0:8082")]
+    pub addr: SocketAddr,
+    /// Most votes per batch (one PostgreSQL transaction each).
+    #[arg(long, env = "WORKER_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_size: u32,
+    /// How long an entry stays pending with a silent worker before another takes it over.
+    #[arg(long, env = "WORKER_CLAIM_IDLE_MS", default_value_t = 30_000)]
+    pub claim_idle_ms: u64,
+    /// How long one read waits for new votes.
+    #[arg(long, env = "WORKER_BLOCK_MS", default_value_t = 1000)]
+    pub block_ms: u64,
+    /// How often acknowledged entries are trimmed off the stream.
+    #[arg(long, env = "WORKER_TRIM_INTERVAL_MS", default_value_t = 5000)]
+    pub trim_interval_ms: u64,
+    /// Name of this worker; defaults to the host name. The consumer name adds the process id.
+    #[arg(long, env = "INSTANCE_NAME")]
+    pub instance: Option<String>,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+impl WorkerArgs {
+    pub fn settings(&self, instance: &str) -> ConsumerSettings {
+        ConsumerSettings {
+            name: crate::worker::consumer_name(instance),
+            batch_size: self.batch_size as usize,
+            claim_idle: Duration::from_millis(self.claim_idle_ms),
+            block: Duration::from_millis(self.block_ms),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ResultArgs {
+    /// Address to listen on.
+    #[arg(long = "addr", env = "RESULT_ADDR", default_value = "0.0.0.0:8081")]
+    pub addr: SocketAddr,
+    /// Longest time between two reads of the tallies, whatever notifications say (at most 2000).
+    #[arg(long, env = "RESULT_REFRESH_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=2000))]
+    pub refresh_ms: u64,
+    /// Name shown in page footers; defaults to the host name.
+    #[arg(long, env = "INSTANCE_NAME")]
+    pub instance: Option<String>,
+    #[command(flatten)]
+    pub ballot: BallotArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Where the embedded queue and store keep their files.
+    #[arg(long, env = "DATA_DIR", default_value = "./voting-data")]
+    pub data_dir: PathBuf,
+    /// Address of the vote page.
+    #[arg(long, env = "VOTE_ADDR", default_value = "127.0.0.1:8080")]
+    pub vote_addr: SocketAddr,
+    /// Address of the result page.
+    #[arg(long, env = "RESULT_ADDR", default_value = "127.0.0.1:8081")]
+    pub result_addr: SocketAddr,
+    #[command(flatten)]
+    pub ballot: BallotArgs,
+    #[command(flatten)]
+    pub cookie: CookieArgs,
+}

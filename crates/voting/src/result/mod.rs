@@ -1,0 +1,134 @@
+//! The result service: the live results page, `/api/results`, and `/events` (Server-Sent
+//! Events). One [`feed`] per process keeps the latest tallies; every client reads from it.
+
+pub mod feed;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use askama::Template;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use futures_util::{Stream, StreamExt};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::WatchStream;
+use tokio_util::sync::CancellationToken;
+use voting_core::Ballot;
+use voting_core::store::VoteStore;
+
+use self::feed::{Feed, Snapshot};
+use crate::http::{Server, health_routes};
+
+/// SSE comments keep idle connections open through proxies; below their usual 30–60 s idle
+/// timeouts.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone)]
+pub struct ResultConfig {
+    pub ballot: Ballot,
+    /// Longest time between two reads of the tallies, whatever notifications say: repairs
+    /// anything a lost notification missed.
+    pub refresh: Duration,
+    pub instance: String,
+}
+
+#[derive(Debug, Clone)]
+struct AppState {
+    feed: Feed,
+    ballot: Ballot,
+    instance: String,
+    shutdown: CancellationToken,
+}
+
+/// The bound result service and its feed task.
+#[derive(Debug)]
+pub struct ResultService {
+    server: Server,
+    feed_task: JoinHandle<()>,
+    shutdown: CancellationToken,
+}
+
+impl ResultService {
+    /// Binds and starts following the store. `shutdown` also ends open event streams, which
+    /// would otherwise hold graceful shutdown open forever.
+    pub async fn build<S: VoteStore>(
+        addr: SocketAddr,
+        config: ResultConfig,
+        store: S,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Self> {
+        let (feed, follow) = Feed::new(config.ballot.clone(), store, config.refresh);
+        let feed_task = tokio::spawn(follow.run(shutdown.clone()));
+        let state = AppState {
+            feed: feed.clone(),
+            ballot: config.ballot,
+            instance: config.instance,
+            shutdown: shutdown.clone(),
+        };
+        let ready = move || {
+            let feed = feed.clone();
+            async move { feed.ready() }
+        };
+        let router = Router::new()
+            .route("/", get(page))
+            .route("/api/results", get(results))
+            .route("/events", get(events))
+            .with_state(state)
+            .merge(health_routes(ready))
+            .merge(crate::assets::routes());
+        Ok(Self { server: Server::bind(addr, router).await?, feed_task, shutdown })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.server.port()
+    }
+
+    pub async fn run(self) -> std::io::Result<()> {
+        let served = self.server.run(self.shutdown).await;
+        if let Err(e) = self.feed_task.await {
+            tracing::error!(error = %e, "result feed task failed");
+        }
+        served
+    }
+}
+
+async fn results(State(state): State<AppState>) -> Response {
+    let snapshot = state.feed.latest();
+    (
+        [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")],
+        snapshot.json.to_string(),
+    )
+        .into_response()
+}
+
+async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    // The watch keeps only the latest snapshot: a slow client skips straight to it.
+    let stream = WatchStream::new(state.feed.subscribe())
+        .map(|snapshot: Snapshot| Ok(Event::default().data(snapshot.json.as_ref())))
+        .take_until(state.shutdown.cancelled_owned());
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+}
+
+#[derive(Template)]
+#[template(path = "result.html")]
+struct ResultPage<'a> {
+    ballot: &'a Ballot,
+    snapshot: &'a Snapshot,
+    instance: &'a str,
+}
+
+async fn page(State(state): State<AppState>) -> Response {
+    let snapshot = state.feed.latest();
+    match (ResultPage { ballot: &state.ballot, snapshot: &snapshot, instance: &state.instance }).render() {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "rendering the result page");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}

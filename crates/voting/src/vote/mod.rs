@@ -1,0 +1,219 @@
+//! The vote service: the voting page, the form and JSON endpoints, and nothing else. A vote is
+//! validated, handed to the queue, and acknowledged only once the queue has it.
+//!
+//! - `GET /`: the ballot.
+//! - `POST /` (form `vote=<id>`): records the vote, answers 200 with the page and the choice
+//!   marked (the original app's contract, so its `ab` load works unchanged).
+//! - `POST /api/vote` (JSON `{"vote": "<id>"}`): 202 with `{"voter_id", "vote"}`.
+
+pub mod cookie;
+pub mod error;
+
+use std::net::SocketAddr;
+
+use askama::Template;
+use axum::Router;
+use axum::extract::rejection::{FormRejection, JsonRejection};
+use axum::extract::{Form, Json, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use voting_core::queue::VoteQueue;
+use voting_core::{Ballot, BallotOption, Vote, VoterId};
+
+use self::cookie::CookieKey;
+use self::error::VoteError;
+use crate::http::{Server, came_over_https, health_routes};
+
+#[derive(Debug, Clone)]
+pub struct VoteConfig {
+    pub ballot: Ballot,
+    pub cookie_key: CookieKey,
+    /// Shown in the page footer.
+    pub instance: String,
+}
+
+#[derive(Debug, Clone)]
+struct AppState<Q> {
+    config: VoteConfig,
+    queue: Q,
+}
+
+/// Binds the vote service; [`Server::run`] serves it.
+pub async fn build<Q: VoteQueue>(addr: SocketAddr, config: VoteConfig, queue: Q) -> std::io::Result<Server> {
+    Server::bind(addr, router(config, queue)).await
+}
+
+pub fn router<Q: VoteQueue>(config: VoteConfig, queue: Q) -> Router {
+    let ready_queue = queue.clone();
+    let ready = move || {
+        let queue = ready_queue.clone();
+        async move { queue.ping().await.map_err(|e| e.to_string()) }
+    };
+    Router::new()
+        .route("/", get(page::<Q>).post(vote_form::<Q>))
+        .route("/api/vote", post(vote_api::<Q>))
+        .with_state(AppState { config, queue })
+        .merge(health_routes(ready))
+        .merge(crate::assets::routes())
+}
+
+/// Who is voting: the voter of a valid cookie, or a new voter who gets a cookie.
+struct Voter {
+    id: VoterId,
+    /// `Set-Cookie` to send, for a new voter.
+    new_cookie: Option<String>,
+}
+
+impl Voter {
+    fn of(headers: &HeaderMap, key: &CookieKey) -> Result<Self, VoteError> {
+        match cookie::from_headers(headers) {
+            Some(value) => Ok(Self { id: key.verify(value)?, new_cookie: None }),
+            None => {
+                let id = VoterId::random();
+                let new_cookie = cookie::set_cookie(&key.sign(&id), came_over_https(headers));
+                Ok(Self { id, new_cookie: Some(new_cookie) })
+            }
+        }
+    }
+}
+
+async fn record<Q: VoteQueue>(
+    state: &AppState<Q>,
+    headers: &HeaderMap,
+    raw_option: &str,
+) -> Result<(Voter, BallotOption), VoteError> {
+    let option = state
+        .config
+        .ballot
+        .option(raw_option)
+        .ok_or_else(|| VoteError::UnknownOption(raw_option.chars().take(40).collect()))?
+        .clone();
+    let voter = Voter::of(headers, &state.config.cookie_key)?;
+    state.queue.publish(&Vote::now(voter.id, option.id.clone())).await?;
+    Ok((voter, option))
+}
+
+#[derive(Template)]
+#[template(path = "vote.html")]
+struct VotePage<'a> {
+    ballot: &'a Ballot,
+    chosen: Option<&'a str>,
+    error: Option<String>,
+    instance: &'a str,
+}
+
+impl VotePage<'_> {
+    fn is_chosen(&self, option: &BallotOption) -> bool {
+        self.chosen == Some(option.id.as_str())
+    }
+
+    fn chosen_label(&self) -> Option<&str> {
+        let chosen = self.chosen?;
+        self.ballot.option(chosen).map(|o| o.label.as_str())
+    }
+
+    fn render_with(&self, status: StatusCode) -> Response {
+        match self.render() {
+            Ok(html) => (status, Html(html)).into_response(),
+            Err(e) => {
+                tracing::error!(error = %e, "rendering the vote page");
+                StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            }
+        }
+    }
+}
+
+async fn page<Q: VoteQueue>(State(state): State<AppState<Q>>) -> Response {
+    VotePage { ballot: &state.config.ballot, chosen: None, error: None, instance: &state.config.instance }
+        .render_with(StatusCode::OK)
+}
+
+#[derive(Debug, Deserialize)]
+struct VoteForm {
+    vote: String,
+}
+
+async fn vote_form<Q: VoteQueue>(
+    State(state): State<AppState<Q>>,
+    headers: HeaderMap,
+    form: Result<Form<VoteForm>, FormRejection>,
+) -> Response {
+    let outcome = match form {
+        Ok(Form(form)) => record(&state, &headers, &form.vote).await,
+        Err(rejection) => Err(rejection.into()),
+    };
+    let page = |chosen, error| VotePage {
+        ballot: &state.config.ballot,
+        chosen,
+        error,
+        instance: &state.config.instance,
+    };
+    match outcome {
+        Ok((voter, option)) => {
+            let mut response = page(Some(option.id.as_str()), None).render_with(StatusCode::OK);
+            set_cookie(&mut response, voter.new_cookie);
+            response
+        }
+        Err(e) => {
+            e.log();
+            let mut response = page(None, Some(e.to_string())).render_with(e.status());
+            retry_after(&mut response, &e);
+            response
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct VoteRequest {
+    vote: String,
+}
+
+#[derive(Debug, Serialize)]
+struct VoteAccepted {
+    voter_id: String,
+    vote: String,
+}
+
+#[derive(Debug, Serialize)]
+struct ApiError {
+    error: String,
+}
+
+async fn vote_api<Q: VoteQueue>(
+    State(state): State<AppState<Q>>,
+    headers: HeaderMap,
+    body: Result<Json<VoteRequest>, JsonRejection>,
+) -> Response {
+    let outcome = match body {
+        Ok(Json(request)) => record(&state, &headers, &request.vote).await,
+        Err(rejection) => Err(rejection.into()),
+    };
+    match outcome {
+        Ok((voter, option)) => {
+            let accepted = VoteAccepted { voter_id: voter.id.to_string(), vote: option.id.to_string() };
+            let mut response = (StatusCode::ACCEPTED, Json(accepted)).into_response();
+            set_cookie(&mut response, voter.new_cookie);
+            response
+        }
+        Err(e) => {
+            e.log();
+            let mut response = (e.status(), Json(ApiError { error: e.to_string() })).into_response();
+            retry_after(&mut response, &e);
+            response
+        }
+    }
+}
+
+fn set_cookie(response: &mut Response, cookie: Option<String>) {
+    if let Some(value) = cookie.and_then(|c| c.parse().ok()) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+}
+
+fn retry_after(response: &mut Response, error: &VoteError) {
+    if matches!(error, VoteError::Unavailable(_)) {
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+}
