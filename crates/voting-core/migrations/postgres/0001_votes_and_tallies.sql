@@ -40,14 +40,21 @@ END $$;
 
 CREATE OR REPLACE FUNCTION tally_updated_votes() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    -- Rows first, then deltas: an INSERT ... ON CONFLICT of a negative delta would fail the
+    -- CHECK on the row it proposes before it ever got to the conflict.
     INSERT INTO tallies (vote, votes)
-    SELECT vote, sum(delta) FROM (
-        SELECT vote, -1 AS delta FROM old_votes
-        UNION ALL
-        SELECT vote, 1 AS delta FROM new_votes
+    SELECT DISTINCT vote, 0 FROM new_votes ORDER BY vote
+    ON CONFLICT (vote) DO NOTHING;
+    UPDATE tallies SET votes = tallies.votes + changes.delta
+    FROM (
+        SELECT vote, sum(delta) AS delta FROM (
+            SELECT vote, -1 AS delta FROM old_votes
+            UNION ALL
+            SELECT vote, 1 AS delta FROM new_votes
+        ) AS moves
+        GROUP BY vote HAVING sum(delta) <> 0
     ) AS changes
-    GROUP BY vote HAVING sum(delta) <> 0 ORDER BY vote
-    ON CONFLICT (vote) DO UPDATE SET votes = tallies.votes + excluded.votes;
+    WHERE tallies.vote = changes.vote;
     PERFORM pg_notify('votes_changed', '');
     RETURN NULL;
 END $$;

@@ -139,26 +139,6 @@ pub(crate) fn encode_vote(vote: &Vote) -> [(&'static str, String); 3] {
     ]
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_vote_survives_encoding() {
-        let vote = Vote::now(VoterId::random(), OptionId::parse("a").unwrap());
-        let fields: Vec<_> = encode_vote(&vote).map(|(k, v)| (k.to_owned(), v)).into();
-        assert_eq!(decode_vote(&fields).unwrap(), vote);
-    }
-
-    #[test]
-    fn an_entry_that_is_not_a_vote_says_why() {
-        let fields = vec![("voter".to_owned(), "nope".to_owned())];
-        let err = decode_vote(&fields).unwrap_err();
-        assert!(err.reason.starts_with("voter"), "{}", err.reason);
-        assert_eq!(err.fields, fields);
-    }
-}
-
 impl std::str::FromStr for Durability {
     type Err = String;
 
@@ -177,5 +157,25 @@ impl std::fmt::Display for Durability {
             Self::Fast => "fast",
             Self::Replicated => "replicated",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vote_survives_encoding() {
+        let vote = Vote::now(VoterId::random(), OptionId::parse("a").unwrap());
+        let fields: Vec<_> = encode_vote(&vote).map(|(k, v)| (k.to_owned(), v)).into();
+        assert_eq!(decode_vote(&fields).unwrap(), vote);
+    }
+
+    #[test]
+    fn an_entry_that_is_not_a_vote_says_why() {
+        let fields = vec![("voter".to_owned(), "nope".to_owned())];
+        let err = decode_vote(&fields).unwrap_err();
+        assert!(err.reason.starts_with("voter"), "{}", err.reason);
+        assert_eq!(err.fields, fields);
     }
 }

@@ -69,6 +69,26 @@ impl<Q: VoteQueue, S: VoteStore> WorkerService<Q, S> {
     }
 }
 
+/// Retries an operation with backoff until it succeeds (`Some`), or until shutdown (`None`).
+/// A macro rather than a function taking a closure: the operations borrow the consumer
+/// mutably, which closures returning futures cannot express while staying `Send`.
+macro_rules! retry {
+    ($shutdown:expr, $what:literal, $attempt:expr) => {{
+        let mut backoff = Backoff::default();
+        loop {
+            match $attempt.await {
+                Ok(value) => break Some(value),
+                Err(e) => {
+                    tracing::warn!(error = %e, concat!("cannot ", $what, "; retrying"));
+                    if !pause($shutdown, backoff.next_delay()).await {
+                        break None;
+                    }
+                }
+            }
+        }
+    }};
+}
+
 impl<Q: VoteQueue, S: VoteStore> Worker<Q, S> {
     pub fn new(config: WorkerConfig, queue: Q, store: S) -> Self {
         Self { config, queue, store }
@@ -133,10 +153,11 @@ impl<Q: VoteQueue, S: VoteStore> Worker<Q, S> {
                 Ok(vote) => votes.push(QueuedVote { position: delivery.position, vote: vote.clone() }),
                 Err(malformed) => {
                     tracing::warn!(entry = %delivery.position, reason = %malformed.reason, "entry is not a vote; moving it to the dead letters");
-                    let dead = retry(shutdown, "dead-letter an entry", async || {
-                        consumer.dead_letter(delivery, &malformed.reason).await
-                    })
-                    .await;
+                    let dead = retry!(
+                        shutdown,
+                        "dead-letter an entry",
+                        consumer.dead_letter(delivery, &malformed.reason)
+                    );
                     if dead.is_none() {
                         return false;
                     }
@@ -146,15 +167,12 @@ impl<Q: VoteQueue, S: VoteStore> Worker<Q, S> {
         if votes.is_empty() {
             return true;
         }
-        if retry(shutdown, "apply a batch to the store", async || self.store.apply(&votes).await)
-            .await
-            .is_none()
-        {
+        if retry!(shutdown, "apply a batch to the store", self.store.apply(&votes)).is_none() {
             return false;
         }
         let positions: Vec<_> = votes.iter().map(|v| v.position).collect();
         // If acknowledging fails for good the batch comes back, and applying it again is harmless.
-        if retry(shutdown, "acknowledge a batch", async || consumer.ack(&positions).await).await.is_none() {
+        if retry!(shutdown, "acknowledge a batch", consumer.ack(&positions)).is_none() {
             return false;
         }
         tracing::debug!(
@@ -163,26 +181,6 @@ impl<Q: VoteQueue, S: VoteStore> Worker<Q, S> {
             "batch stored"
         );
         true
-    }
-}
-
-/// Retries `attempt` with backoff until it succeeds, or until shutdown (`None`).
-async fn retry<T, E: std::fmt::Display>(
-    shutdown: &CancellationToken,
-    what: &str,
-    mut attempt: impl AsyncFnMut() -> Result<T, E>,
-) -> Option<T> {
-    let mut backoff = Backoff::default();
-    loop {
-        match attempt().await {
-            Ok(value) => return Some(value),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot {what}; retrying");
-                if !pause(shutdown, backoff.next_delay()).await {
-                    return None;
-                }
-            }
-        }
     }
 }
 

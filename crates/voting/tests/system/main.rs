@@ -1,0 +1,9 @@
+//! The system against real Redis and PostgreSQL servers, started per test from system
+//! binaries. Outages are real: servers and workers are killed, not mocked.
+
+mod all_in_one;
+mod bad_input;
+mod helpers;
+mod outages;
+mod votes;
+mod worker;
