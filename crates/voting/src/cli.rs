@@ -44,6 +44,9 @@ pub enum Command {
     Result(ResultArgs),
     /// Creates or updates the PostgreSQL schema, then exits. Safe to run while the system runs.
     Migrate(MigrateArgs),
+    /// Sends votes to a vote service and reports throughput, latency and errors; with
+    /// `--verify`, checks that exactly the acknowledged votes get counted.
+    Load(LoadArgs),
 }
 
 #[derive(Debug, Args)]
@@ -249,4 +252,67 @@ pub struct UpArgs {
     pub ballot: BallotArgs,
     #[command(flatten)]
     pub cookie: CookieArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Base URL of the vote service.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// How many votes to send (default 1000 when --duration is not given either).
+    #[arg(long)]
+    pub votes: Option<u64>,
+    /// How long to send votes, e.g. `30s`, `2m`.
+    #[arg(long, value_parser = crate::load::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Most votes in flight at once.
+    #[arg(long, default_value_t = 50)]
+    pub concurrency: usize,
+    /// Votes per second, open loop (latency measured from when each vote was due); without
+    /// it, closed loop as fast as --concurrency allows.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// This many distinct voters, each with their own cookie, voting in turn and changing
+    /// their minds; without it every vote is a new voter.
+    #[arg(long)]
+    pub voters: Option<u64>,
+    /// Options and weights, e.g. `a=2,b=1`.
+    #[arg(long, default_value = "a=1,b=1")]
+    pub mix: String,
+    /// Post the original app's form (`POST /`, `vote=a`) instead of the JSON API.
+    #[arg(long)]
+    pub form: bool,
+    /// Per-vote timeout; a vote that times out is reported as unknown, not lost.
+    #[arg(long, value_parser = crate::load::parse_duration, default_value = "5s")]
+    pub timeout: Duration,
+    /// Result service URL: wait until its counts match what was acknowledged, and exit
+    /// non-zero if they do not.
+    #[arg(long, value_name = "RESULT_URL")]
+    pub verify: Option<String>,
+    /// How long --verify waits for the counts to converge.
+    #[arg(long, value_parser = crate::load::parse_duration, default_value = "60s")]
+    pub verify_timeout: Duration,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl LoadArgs {
+    pub fn plan(&self) -> anyhow::Result<crate::load::LoadPlan> {
+        use std::io::IsTerminal;
+        Ok(crate::load::LoadPlan {
+            url: self.url.clone(),
+            votes: self.votes,
+            duration: self.duration,
+            concurrency: self.concurrency,
+            rate: self.rate,
+            voters: self.voters,
+            mix: crate::load::parse_mix(&self.mix)?,
+            form: self.form,
+            timeout: self.timeout,
+            verify: self.verify.clone(),
+            verify_timeout: self.verify_timeout,
+            progress_bar: !self.json && std::io::stderr().is_terminal(),
+        })
+    }
 }

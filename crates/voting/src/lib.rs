@@ -4,6 +4,7 @@
 //! - [`worker`]: moves votes from the queue into the store.
 //! - [`result`]: live results from the store, pushed to browsers.
 //! - [`up`]: all three in one process on embedded storage.
+//! - [`load`]: `voting load`, the load generator and vote-count checker.
 //! - [`cli`]: the command line and environment, one definition for both.
 //! - [`http`], [`assets`]: what the HTTP services share.
 //!
@@ -12,6 +13,7 @@
 pub mod assets;
 pub mod cli;
 pub mod http;
+pub mod load;
 pub mod result;
 pub mod up;
 pub mod vote;

@@ -88,6 +88,25 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tracing::info!(port = service.port(), "result service listening");
             Ok(service.run().await?)
         }
+        Command::Load(args) => {
+            let json = args.json;
+            let report = voting::load::run(args.plan()?).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            match &report.verify {
+                Some(verification) if !verification.passed() => {
+                    anyhow::bail!(
+                        "verification failed: {} lost, {} extra",
+                        verification.lost,
+                        verification.extra
+                    )
+                }
+                _ => Ok(()),
+            }
+        }
         Command::Migrate(args) => {
             args.database.store()?.migrate().await.context("migrating the schema")?;
             tracing::info!("schema is up to date");

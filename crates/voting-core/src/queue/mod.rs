@@ -94,16 +94,25 @@ pub struct Malformed {
     pub reason: String,
 }
 
-/// Why the queue could not do what was asked. Every variant means "not done, or not known to
-/// be done": the vote service answers 503 and the worker retries.
+/// Why the queue could not do what was asked. Either way the vote service answers 503 and
+/// the worker retries; the difference matters to whoever counts votes from outside.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
-    /// The queue is down, unreachable, read-only after a failover, or timed out.
+    /// Not done: the queue is down or unreachable, or refused the command (a read-only
+    /// replica after a failover, no good replica for `min-replicas-to-write`).
     #[error("queue unavailable: {0}")]
     Unavailable(#[source] anyhow::Error),
-    /// The vote reached the primary but no replica confirmed it in time: its fate is unknown.
-    #[error("vote written but not confirmed by a replica within {0:?}")]
-    NotReplicated(Duration),
+    /// Maybe done: the command was sent but the connection broke or timed out before the
+    /// reply, or the vote reached the primary but no replica confirmed it in time.
+    #[error("queue outcome unknown: {0}")]
+    Indeterminate(#[source] anyhow::Error),
+}
+
+impl QueueError {
+    /// Whether the write may have happened despite the error.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, Self::Indeterminate(_))
+    }
 }
 
 /// The fields of a vote entry, shared by both queues so their entries look the same.

@@ -73,7 +73,10 @@ impl VoteQueue for RedisQueue {
                 pipe.add_command(add).cmd("WAIT").arg(1).arg(self.replication_timeout.as_millis() as u64);
                 let (id, replicas): (String, i64) = self.connection.query_pipeline(&pipe).await?;
                 if replicas < 1 {
-                    return Err(QueueError::NotReplicated(self.replication_timeout));
+                    return Err(QueueError::Indeterminate(anyhow!(
+                        "no replica confirmed the vote within {:?}",
+                        self.replication_timeout
+                    )));
                 }
                 id
             }
@@ -120,7 +123,7 @@ impl RedisConsumer {
         let mut create = redis::cmd("XGROUP");
         create.arg("CREATE").arg(STREAM).arg(GROUP).arg("0").arg("MKSTREAM");
         match self.commands.query::<()>(&create).await {
-            Err(QueueError::Unavailable(e)) if e.to_string().contains("BUSYGROUP") => Ok(()),
+            Err(e) if e.to_string().contains("BUSYGROUP") => Ok(()),
             other => other,
         }
     }
@@ -169,7 +172,7 @@ impl QueueConsumer for RedisConsumer {
         let reply: Option<StreamReadReply> = match self.blocking.query(&read).await {
             // The group vanishes when Redis comes back empty (no persistence, or a fresh
             // replica promoted): make it again rather than stall.
-            Err(QueueError::Unavailable(e)) if e.to_string().contains("NOGROUP") => {
+            Err(e) if e.to_string().contains("NOGROUP") => {
                 self.ensure_group().await?;
                 return Ok(Vec::new());
             }
@@ -290,13 +293,8 @@ impl SharedConnection {
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, QueueError> {
         let (generation, mut connection) = self.connection().await?;
-        match cmd.query_async(&mut connection).await {
-            Ok(value) => Ok(value),
-            Err(e) => {
-                self.forget(generation).await;
-                Err(unavailable(e))
-            }
-        }
+        let reply = cmd.query_async(&mut connection).await;
+        self.check(generation, reply).await
     }
 
     async fn query_pipeline<T: redis::FromRedisValue>(
@@ -304,11 +302,25 @@ impl SharedConnection {
         pipe: &redis::Pipeline,
     ) -> Result<T, QueueError> {
         let (generation, mut connection) = self.connection().await?;
-        match pipe.query_async(&mut connection).await {
+        let reply = pipe.query_async(&mut connection).await;
+        self.check(generation, reply).await
+    }
+}
+
+impl SharedConnection {
+    /// Drops the connection on any error. An error reply from the server (`READONLY`,
+    /// `NOREPLICAS`, ...) means the command was refused; anything else (a broken connection,
+    /// a timeout) may have struck after Redis executed it.
+    async fn check<T>(&self, generation: u64, reply: redis::RedisResult<T>) -> Result<T, QueueError> {
+        match reply {
             Ok(value) => Ok(value),
             Err(e) => {
                 self.forget(generation).await;
-                Err(unavailable(e))
+                if e.code().is_some() {
+                    Err(unavailable(e))
+                } else {
+                    Err(QueueError::Indeterminate(e.into()))
+                }
             }
         }
     }

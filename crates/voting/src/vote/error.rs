@@ -18,8 +18,8 @@ pub enum VoteError {
     /// content type (415), a body over 16 KiB (413).
     #[error("{message}")]
     BadRequest { status: StatusCode, message: String },
-    /// 503 with `Retry-After`: the vote was not handed over (or not confirmed by a replica),
-    /// so it must not be reported as recorded.
+    /// 503 with `Retry-After`: the vote was not handed over, or it is not known whether it
+    /// was (then also `Vote-Outcome: unknown`), so it must not be reported as recorded.
     #[error("votes cannot be recorded right now; please try again")]
     Unavailable(#[from] QueueError),
 }

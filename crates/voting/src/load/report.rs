@@ -1,0 +1,116 @@
+//! The report of a load run: a table for people, JSON for machines (`--json`).
+
+use std::fmt;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::ErrorKind;
+use super::verify::Verification;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub sent: u64,
+    pub acknowledged: u64,
+    /// Certainly not recorded: 4xx, 503, connection refused.
+    pub refused: u64,
+    /// Maybe recorded: timeouts, broken connections, 503 with `Vote-Outcome: unknown`, other 5xx.
+    pub unknown: u64,
+    pub errors: ErrorCounts,
+    pub elapsed_s: f64,
+    /// Acknowledged votes per second.
+    pub throughput_per_s: f64,
+    /// Latency of acknowledged votes; in open loop, from when each vote was due.
+    pub latency_ms: Percentiles,
+    pub verify: Option<Verification>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ErrorCounts {
+    pub connect: u64,
+    pub timeout: u64,
+    pub status_4xx: u64,
+    pub status_5xx: u64,
+    pub other: u64,
+}
+
+impl ErrorCounts {
+    pub(super) fn count(&mut self, kind: ErrorKind) {
+        *match kind {
+            ErrorKind::Connect => &mut self.connect,
+            ErrorKind::Timeout => &mut self.timeout,
+            ErrorKind::Status4xx => &mut self.status_4xx,
+            ErrorKind::Status5xx => &mut self.status_5xx,
+            ErrorKind::Other => &mut self.other,
+        } += 1;
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p99_9: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// From a histogram of values in some unit, divided by `per_unit` (1000 for µs → ms).
+    pub fn of(histogram: &Histogram<u64>, per_unit: f64) -> Self {
+        let at = |q: f64| histogram.value_at_quantile(q) as f64 / per_unit;
+        Self {
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            p99_9: at(0.999),
+            max: histogram.max() as f64 / per_unit,
+        }
+    }
+}
+
+impl fmt::Display for Percentiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+            self.p50, self.p90, self.p99, self.p99_9, self.max
+        )
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let e = &self.errors;
+        writeln!(
+            f,
+            "votes        sent {}  acknowledged {}  refused {}  unknown {}",
+            self.sent, self.acknowledged, self.refused, self.unknown
+        )?;
+        writeln!(
+            f,
+            "errors       connect {}  timeout {}  4xx {}  5xx {}  other {}",
+            e.connect, e.timeout, e.status_4xx, e.status_5xx, e.other
+        )?;
+        writeln!(f, "throughput   {:.0} votes/s over {:.2} s", self.throughput_per_s, self.elapsed_s)?;
+        writeln!(f, "latency ms   {}", self.latency_ms)?;
+        if let Some(v) = &self.verify {
+            writeln!(
+                f,
+                "verify       acknowledged {}  expected {}  counted {}  lost {}  extra {}  unknown {}  {} in {} ms",
+                self.acknowledged,
+                v.expected,
+                v.counted,
+                v.lost,
+                v.extra,
+                v.unknown,
+                if v.converged { "converged" } else { "NOT converged" },
+                v.converge_ms
+            )?;
+            if let Some(delay) = &v.vote_to_screen_ms {
+                writeln!(f, "vote→screen  ms {delay}")?;
+            }
+        }
+        Ok(())
+    }
+}
