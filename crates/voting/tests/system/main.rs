@@ -4,6 +4,7 @@
 mod all_in_one;
 mod bad_input;
 mod helpers;
+mod load;
 mod outages;
 mod votes;
 mod worker;

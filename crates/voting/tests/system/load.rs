@@ -1,0 +1,126 @@
+//! `voting load --verify` against the real system: nothing lost, nothing extra, and a
+//! checker that notices when something is.
+
+use std::time::Duration;
+
+use voting::load::{LoadPlan, Report};
+use voting_testkit::{Process, free_port};
+
+use crate::helpers::{SETTLE, TestSystem, eventually};
+
+fn plan(vote_url: &str, result_url: &str, votes: u64, voters: Option<u64>) -> LoadPlan {
+    LoadPlan {
+        url: vote_url.to_owned(),
+        votes: Some(votes),
+        duration: None,
+        concurrency: 32,
+        rate: None,
+        voters,
+        mix: vec![("a".into(), 2), ("b".into(), 1), ("c".into(), 1)],
+        form: false,
+        timeout: Duration::from_secs(10),
+        verify: Some(result_url.to_owned()),
+        verify_timeout: Duration::from_secs(60),
+        progress_bar: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_votes_from_voters_who_change_their_minds_are_counted_exactly() {
+    let system = TestSystem::start().await;
+    let report =
+        voting::load::run(plan(&system.vote_url, &system.result_url, 20_000, Some(2_000))).await.unwrap();
+    println!("{report}");
+    let verify = report.verify.as_ref().unwrap();
+    assert_eq!(report.acknowledged, 20_000);
+    assert_eq!((verify.lost, verify.extra, verify.unknown), (0, 0, 0));
+    assert_eq!(verify.expected, 2_000, "each voter counts once");
+    assert!(verify.passed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checker_catches_a_vote_the_store_lost() {
+    let system = TestSystem::start().await;
+    // Make the store silently drop the first vote it is given, as a buggy worker would.
+    system
+        .postgres
+        .psql(
+            "CREATE TABLE lost_once (done boolean);
+             CREATE FUNCTION lose_one_vote() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NOT EXISTS (SELECT 1 FROM lost_once) THEN
+                     INSERT INTO lost_once VALUES (true);
+                     RETURN NULL;
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER lose_one_vote BEFORE INSERT ON votes FOR EACH ROW EXECUTE FUNCTION lose_one_vote();",
+        )
+        .unwrap();
+    let mut plan = plan(&system.vote_url, &system.result_url, 500, None);
+    plan.verify_timeout = Duration::from_secs(3);
+    let report: Report = voting::load::run(plan).await.unwrap();
+    let verify = report.verify.unwrap();
+    assert_eq!((verify.lost, verify.extra), (1, 0), "{verify:?}");
+    assert!(!verify.passed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checker_catches_a_vote_counted_that_nobody_cast() {
+    let system = TestSystem::start().await;
+    let mut plan = plan(&system.vote_url, &system.result_url, 2_000, None);
+    plan.verify_timeout = Duration::from_secs(3);
+    let load = tokio::spawn(voting::load::run(plan));
+    // Once the run is under way, slip in a vote that never went through the vote service.
+    assert!(eventually(SETTLE, async || system.results().await.total >= 10).await);
+    system
+        .postgres
+        .psql("INSERT INTO votes (id, vote) VALUES ('ffffffffffffffffffffffffffffffff', 'a')")
+        .unwrap();
+    let verify = load.await.unwrap().unwrap().verify.unwrap();
+    assert_eq!((verify.lost, verify.extra), (0, 1), "{verify:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_command_verifies_voting_up_and_exits_zero() {
+    let data = tempfile::tempdir().unwrap();
+    let (vote_port, result_port) = (free_port(), free_port());
+    let (vote_url, result_url) =
+        (format!("http://127.0.0.1:{vote_port}"), format!("http://127.0.0.1:{result_port}"));
+    let mut up = Process::spawn(
+        env!("CARGO_BIN_EXE_voting"),
+        &[
+            "up",
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "--vote-addr",
+            &format!("127.0.0.1:{vote_port}"),
+            "--result-addr",
+            &format!("127.0.0.1:{result_port}"),
+        ],
+        &[],
+    )
+    .unwrap();
+    let http = reqwest::Client::new();
+    let ready = eventually(SETTLE, async || {
+        http.get(format!("{result_url}/readyz")).send().await.is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    assert!(ready, "{}", up.log());
+
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_voting"))
+        .args(["load", "--url", &vote_url, "--votes", "20000", "--voters", "2000", "--mix", "a=3,b=1"])
+        .args(["--verify", &result_url, "--json"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    println!("voting up: {report}");
+    assert_eq!(report["acknowledged"], 20_000);
+    assert_eq!(report["verify"]["lost"], 0);
+    assert_eq!(report["verify"]["extra"], 0);
+    assert_eq!(report["verify"]["expected"], 2_000);
+    up.kill();
+}
