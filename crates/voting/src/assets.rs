@@ -22,6 +22,7 @@ static ASSETS: LazyLock<Vec<Asset>> = LazyLock::new(|| {
         ("style.css", "text/css; charset=utf-8", include_bytes!("../assets/style.css").as_slice()),
         ("vote.js", "text/javascript; charset=utf-8", include_bytes!("../assets/vote.js").as_slice()),
         ("result.js", "text/javascript; charset=utf-8", include_bytes!("../assets/result.js").as_slice()),
+        ("icon.svg", "image/svg+xml", include_bytes!("../assets/icon.svg").as_slice()),
     ]
     .into_iter()
     .map(|(name, mime, body)| Asset {
@@ -33,12 +34,14 @@ static ASSETS: LazyLock<Vec<Asset>> = LazyLock::new(|| {
     .collect()
 });
 
-/// `/static/{name}`.
+/// `/static/{name}`, and `/favicon.ico` for browsers that ask for it whatever the page says.
 pub fn routes() -> Router {
-    Router::new().route("/static/{name}", get(serve))
+    Router::new()
+        .route("/static/{name}", get(|Path(name): Path<String>, headers: HeaderMap| serve(name, headers)))
+        .route("/favicon.ico", get(|headers: HeaderMap| serve("icon.svg".to_owned(), headers)))
 }
 
-async fn serve(Path(name): Path<String>, headers: HeaderMap) -> Response {
+async fn serve(name: String, headers: HeaderMap) -> Response {
     let Some(asset) = ASSETS.iter().find(|a| a.name == name) else {
         return (StatusCode::NOT_FOUND, "no such asset\n").into_response();
     };

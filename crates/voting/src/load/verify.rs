@@ -123,6 +123,9 @@ impl Verification {
     }
 }
 
+/// `/events` messages as they arrived: when, and the total they showed.
+type EventLog = Arc<std::sync::Mutex<Vec<(Instant, u64)>>>;
+
 /// Reads the result service before, during and after the run.
 pub struct Checker {
     client: reqwest::Client,
@@ -130,8 +133,8 @@ pub struct Checker {
     /// Where each `--mix` option sits in the results.
     positions: Vec<usize>,
     baseline: Vec<i64>,
-    /// `/events` messages as they arrived: when, and the total they showed.
-    events: Option<(Arc<std::sync::Mutex<Vec<(Instant, u64)>>>, tokio::task::JoinHandle<()>)>,
+    /// The `/events` log and the task that keeps it.
+    events: Option<(EventLog, tokio::task::JoinHandle<()>)>,
     baseline_total: u64,
 }
 

@@ -122,6 +122,21 @@ struct ResultPage<'a> {
     instance: &'a str,
 }
 
+impl ResultPage<'_> {
+    /// The share of `votes` in the total, as the page shows it before its script runs.
+    fn percent(&self, votes: &u64) -> String {
+        match self.snapshot.results.total {
+            0 => "0%".to_owned(),
+            total => format!("{:.0}%", *votes as f64 * 100.0 / total as f64),
+        }
+    }
+
+    /// The `max` of each bar: the total, but never 0, which would draw an empty ballot as full.
+    fn bar_max(&self) -> u64 {
+        self.snapshot.results.total.max(1)
+    }
+}
+
 async fn page(State(state): State<AppState>) -> Response {
     let snapshot = state.feed.latest();
     match (ResultPage { ballot: &state.ballot, snapshot: &snapshot, instance: &state.instance }).render() {

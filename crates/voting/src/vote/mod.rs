@@ -1,13 +1,15 @@
 //! The vote service: the voting page, the form and JSON endpoints, and nothing else. A vote is
 //! validated, handed to the queue, and acknowledged only once the queue has it.
 //!
-//! - `GET /`: the ballot.
+//! - `GET /`: the ballot, with the voter's latest choice marked if this replica saw it
+//!   ([`recent`]).
 //! - `POST /` (form `vote=<id>`): records the vote, answers 200 with the page and the choice
 //!   marked (the original app's contract, so its `ab` load works unchanged).
 //! - `POST /api/vote` (JSON `{"vote": "<id>"}`): 202 with `{"voter_id", "vote"}`.
 
 pub mod cookie;
 pub mod error;
+pub mod recent;
 
 use std::net::SocketAddr;
 
@@ -24,6 +26,7 @@ use voting_core::{Ballot, BallotOption, Vote, VoterId};
 
 use self::cookie::CookieKey;
 use self::error::VoteError;
+use self::recent::RecentChoices;
 use crate::http::{Server, came_over_https, health_routes};
 
 #[derive(Debug, Clone)]
@@ -38,6 +41,8 @@ pub struct VoteConfig {
 struct AppState<Q> {
     config: VoteConfig,
     queue: Q,
+    /// Marks a returning voter's choice on `GET /`.
+    recent: RecentChoices,
 }
 
 /// Binds the vote service; [`Server::run`] serves it.
@@ -54,7 +59,7 @@ pub fn router<Q: VoteQueue>(config: VoteConfig, queue: Q) -> Router {
     Router::new()
         .route("/", get(page::<Q>).post(vote_form::<Q>))
         .route("/api/vote", post(vote_api::<Q>))
-        .with_state(AppState { config, queue })
+        .with_state(AppState { config, queue, recent: RecentChoices::default() })
         .merge(health_routes(ready))
         .merge(crate::assets::routes())
 }
@@ -92,6 +97,7 @@ async fn record<Q: VoteQueue>(
         .clone();
     let voter = Voter::of(headers, &state.config.cookie_key)?;
     state.queue.publish(&Vote::now(voter.id, option.id.clone())).await?;
+    state.recent.remember(voter.id, option.id.clone());
     Ok((voter, option))
 }
 
@@ -125,9 +131,23 @@ impl VotePage<'_> {
     }
 }
 
-async fn page<Q: VoteQueue>(State(state): State<AppState<Q>>) -> Response {
-    VotePage { ballot: &state.config.ballot, chosen: None, error: None, instance: &state.config.instance }
-        .render_with(StatusCode::OK)
+async fn page<Q: VoteQueue>(State(state): State<AppState<Q>>, headers: HeaderMap) -> Response {
+    // A missing or invalid cookie marks nothing here; voting with it is what gets refused.
+    let chosen = cookie::from_headers(&headers)
+        .and_then(|value| state.config.cookie_key.verify(value).ok())
+        .and_then(|voter| state.recent.get(&voter));
+    let mut response = VotePage {
+        ballot: &state.config.ballot,
+        chosen: chosen.as_ref().map(|c| c.as_str()),
+        error: None,
+        instance: &state.config.instance,
+    }
+    .render_with(StatusCode::OK);
+    // The page differs per voter: no shared cache may keep one voter's page for another.
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("private, no-cache"));
+    response
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,8 +232,16 @@ fn set_cookie(response: &mut Response, cookie: Option<String>) {
     }
 }
 
+/// Tells clients to retry, and those who count votes (`voting load --verify`) whether this
+/// one may have been recorded after all.
 fn retry_after(response: &mut Response, error: &VoteError) {
-    if matches!(error, VoteError::Unavailable(_)) {
+    if let VoteError::Unavailable(cause) = error {
         response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        if cause.outcome_unknown() {
+            response.headers_mut().insert(VOTE_OUTCOME, header::HeaderValue::from_static("unknown"));
+        }
     }
 }
+
+/// Set to `unknown` on a 503 whose vote may have been recorded nonetheless.
+pub const VOTE_OUTCOME: header::HeaderName = header::HeaderName::from_static("vote-outcome");

@@ -125,3 +125,25 @@ async fn migrating_again_while_running_changes_nothing() {
     system.wait_for_counts([1, 1, 0]).await;
     tokio::time::sleep(Duration::from_millis(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_voter_sees_their_latest_choice_marked_and_no_one_else_does() {
+    let system = TestSystem::start().await;
+    let page = async |cookie: &str| {
+        let response = system.http.get(&system.vote_url).header("cookie", cookie).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers()["cache-control"].to_str().unwrap().contains("private"));
+        response.text().await.unwrap()
+    };
+    let cookie = system.vote_as_new_voter("a").await;
+    assert_eq!(system.vote("b", Some(&cookie)).await.status(), StatusCode::ACCEPTED);
+    let html = page(&cookie).await;
+    assert!(html.contains(r#"value="b" class="choice chosen" aria-pressed="true""#), "{html}");
+    assert_eq!(html.matches("aria-pressed=\"true\"").count(), 1, "{html}");
+
+    // A new voter, and a cookie we did not sign, see an unmarked ballot (not an error page).
+    for cookie in ["", "voter_id=00000000000000000000000000000000.00000000000000000000000000000000"] {
+        let html = page(cookie).await;
+        assert!(!html.contains("aria-pressed=\"true\""), "{html}");
+    }
+}
