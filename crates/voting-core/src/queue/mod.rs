@@ -113,6 +113,14 @@ impl QueueError {
     pub fn outcome_unknown(&self) -> bool {
         matches!(self, Self::Indeterminate(_))
     }
+
+    /// The same error for another vote of a batch that failed as a whole.
+    pub fn same_again(&self) -> Self {
+        match self {
+            Self::Unavailable(e) => Self::Unavailable(anyhow::anyhow!("{e:#}")),
+            Self::Indeterminate(e) => Self::Indeterminate(anyhow::anyhow!("{e:#}")),
+        }
+    }
 }
 
 /// The fields of a vote entry, shared by both queues so their entries look the same.

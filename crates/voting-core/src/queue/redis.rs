@@ -15,7 +15,7 @@ use anyhow::anyhow;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, Value};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{
     ConsumerSettings, Delivery, Durability, QueueConsumer, QueueError, VoteQueue, decode_vote, encode_vote,
@@ -35,24 +35,78 @@ const DEAD_LETTER_MAX_LEN: usize = 100_000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The Redis queue, cheap to clone: clones share one multiplexed connection.
+/// The Redis queue, cheap to clone: clones share one multiplexed connection and one publisher.
 #[derive(Debug, Clone)]
 pub struct RedisQueue {
     connection: Arc<SharedConnection>,
-    durability: Durability,
-    /// How long `WAIT` may take before a replicated vote counts as not confirmed.
-    replication_timeout: Duration,
+    /// Votes on their way to the publisher task, each with where its outcome goes.
+    publisher: mpsc::Sender<Pending>,
 }
+
+type Pending = (Vote, oneshot::Sender<Result<QueuePosition, QueueError>>);
+
+/// Most votes appended in one pipeline.
+const MAX_PUBLISH_BATCH: usize = 512;
 
 impl RedisQueue {
     /// Does not connect: the first command does, so a service starts while Redis is down.
+    /// Must be called within a Tokio runtime: it starts the publisher task, which ends when
+    /// the last clone is dropped.
     pub fn new(url: &str, durability: Durability, replication_timeout: Duration) -> Result<Self, QueueError> {
         let client = Client::open(url).map_err(unavailable)?;
-        Ok(Self {
-            connection: Arc::new(SharedConnection::new(client, RESPONSE_TIMEOUT)),
-            durability,
-            replication_timeout,
-        })
+        let connection = Arc::new(SharedConnection::new(client, RESPONSE_TIMEOUT));
+        let (publisher, pending) = mpsc::channel(4 * MAX_PUBLISH_BATCH);
+        tokio::spawn(publish_batches(connection.clone(), pending, durability, replication_timeout));
+        Ok(Self { connection, publisher })
+    }
+}
+
+/// Group commit: every vote that arrives while a pipeline is in flight goes out in the next
+/// one. One write and one read carry a whole batch, instead of a system call and a task
+/// wake-up per vote; with `replicated`, one `WAIT` at the end covers every vote before it.
+async fn publish_batches(
+    connection: Arc<SharedConnection>,
+    mut pending: mpsc::Receiver<Pending>,
+    durability: Durability,
+    replication_timeout: Duration,
+) {
+    let mut batch = Vec::with_capacity(MAX_PUBLISH_BATCH);
+    while pending.recv_many(&mut batch, MAX_PUBLISH_BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        for (vote, _) in &batch {
+            let add = pipe.cmd("XADD").arg(STREAM).arg("*");
+            for (field, value) in encode_vote(vote) {
+                add.arg(field).arg(value);
+            }
+        }
+        if durability == Durability::Replicated {
+            pipe.cmd("WAIT").arg(1).arg(replication_timeout.as_millis() as u64);
+        }
+        match connection.query_pipeline::<Vec<Value>>(&pipe).await {
+            Ok(replies) => {
+                let replicated = match durability {
+                    Durability::Fast => true,
+                    Durability::Replicated => matches!(replies.last(), Some(Value::Int(n)) if *n >= 1),
+                };
+                for ((_, outcome), reply) in batch.drain(..).zip(replies) {
+                    let result = match text(&reply) {
+                        Some(_) if !replicated => Err(QueueError::Indeterminate(anyhow!(
+                            "no replica confirmed the vote within {replication_timeout:?}"
+                        ))),
+                        Some(id) => parse_id(&id),
+                        None => Err(unavailable(anyhow!("XADD answered {reply:?}"))),
+                    };
+                    let _ = outcome.send(result);
+                }
+            }
+            Err(e) => {
+                for (_, outcome) in batch.drain(..) {
+                    let _ = outcome.send(Err(e.same_again()));
+                }
+            }
+        }
+        // Votes whose reply went missing (a short reply) must not wait forever.
+        batch.clear();
     }
 }
 
@@ -60,28 +114,12 @@ impl VoteQueue for RedisQueue {
     type Consumer = RedisConsumer;
 
     async fn publish(&self, vote: &Vote) -> Result<QueuePosition, QueueError> {
-        let mut add = redis::cmd("XADD");
-        add.arg(STREAM).arg("*");
-        for (field, value) in encode_vote(vote) {
-            add.arg(field).arg(value);
-        }
-        let id: String = match self.durability {
-            Durability::Fast => self.connection.query(&add).await?,
-            Durability::Replicated => {
-                // In one pipeline, so WAIT covers exactly this connection's writes up to the XADD.
-                let mut pipe = redis::pipe();
-                pipe.add_command(add).cmd("WAIT").arg(1).arg(self.replication_timeout.as_millis() as u64);
-                let (id, replicas): (String, i64) = self.connection.query_pipeline(&pipe).await?;
-                if replicas < 1 {
-                    return Err(QueueError::Indeterminate(anyhow!(
-                        "no replica confirmed the vote within {:?}",
-                        self.replication_timeout
-                    )));
-                }
-                id
-            }
-        };
-        parse_id(&id)
+        let (outcome, reply) = oneshot::channel();
+        self.publisher
+            .send((vote.clone(), outcome))
+            .await
+            .map_err(|_| unavailable(anyhow!("the publisher task has stopped")))?;
+        reply.await.map_err(|_| QueueError::Indeterminate(anyhow!("the publisher dropped the vote")))?
     }
 
     async fn ping(&self) -> Result<(), QueueError> {
