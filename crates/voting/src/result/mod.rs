@@ -22,7 +22,7 @@ use voting_core::Ballot;
 use voting_core::store::VoteStore;
 
 use self::feed::{Feed, Snapshot};
-use crate::http::{Server, health_routes};
+use crate::http::{Server, compressed, health_routes};
 
 /// SSE comments keep idle connections open through proxies; below their usual 30–60 s idle
 /// timeouts.
@@ -74,13 +74,14 @@ impl ResultService {
             let feed = feed.clone();
             async move { feed.ready() }
         };
-        let router = Router::new()
+        let pages = Router::new()
             .route("/", get(page))
             .route("/api/results", get(results))
-            .route("/events", get(events))
-            .with_state(state)
-            .merge(health_routes(ready))
+            .with_state(state.clone())
             .merge(crate::assets::routes());
+        let router = compressed(pages)
+            .merge(Router::new().route("/events", get(events)).with_state(state))
+            .merge(health_routes(ready));
         Ok(Self { server: Server::bind(addr, router).await?, feed_task, shutdown })
     }
 

@@ -27,7 +27,7 @@ use voting_core::{Ballot, BallotOption, Vote, VoterId};
 use self::cookie::CookieKey;
 use self::error::VoteError;
 use self::recent::RecentChoices;
-use crate::http::{Server, came_over_https, health_routes};
+use crate::http::{Server, came_over_https, compressed, health_routes};
 
 #[derive(Debug, Clone)]
 pub struct VoteConfig {
@@ -56,12 +56,14 @@ pub fn router<Q: VoteQueue>(config: VoteConfig, queue: Q) -> Router {
         let queue = ready_queue.clone();
         async move { queue.ping().await.map_err(|e| e.to_string()) }
     };
-    Router::new()
-        .route("/", get(page::<Q>).post(vote_form::<Q>))
-        .route("/api/vote", post(vote_api::<Q>))
-        .with_state(AppState { config, queue, recent: RecentChoices::default() })
-        .merge(health_routes(ready))
-        .merge(crate::assets::routes())
+    compressed(
+        Router::new()
+            .route("/", get(page::<Q>).post(vote_form::<Q>))
+            .route("/api/vote", post(vote_api::<Q>))
+            .with_state(AppState { config, queue, recent: RecentChoices::default() })
+            .merge(crate::assets::routes()),
+    )
+    .merge(health_routes(ready))
 }
 
 /// Who is voting: the voter of a valid cookie, or a new voter who gets a cookie.
