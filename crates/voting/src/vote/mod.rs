@@ -12,6 +12,7 @@ pub mod error;
 pub mod recent;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use askama::Template;
 use axum::Router;
@@ -37,7 +38,9 @@ pub struct VoteConfig {
     pub instance: String,
 }
 
-#[derive(Debug, Clone)]
+/// What every handler shares, behind an `Arc`: a request clones one pointer, not the ballot,
+/// the key and the instance name (those clones were allocations on every vote).
+#[derive(Debug)]
 struct AppState<Q> {
     config: VoteConfig,
     queue: Q,
@@ -60,7 +63,7 @@ pub fn router<Q: VoteQueue>(config: VoteConfig, queue: Q) -> Router {
         Router::new()
             .route("/", get(page::<Q>).post(vote_form::<Q>))
             .route("/api/vote", post(vote_api::<Q>))
-            .with_state(AppState { config, queue, recent: RecentChoices::default() })
+            .with_state(Arc::new(AppState { config, queue, recent: RecentChoices::default() }))
             .merge(crate::assets::routes()),
     )
     .merge(health_routes(ready))
@@ -133,7 +136,7 @@ impl VotePage<'_> {
     }
 }
 
-async fn page<Q: VoteQueue>(State(state): State<AppState<Q>>, headers: HeaderMap) -> Response {
+async fn page<Q: VoteQueue>(State(state): State<Arc<AppState<Q>>>, headers: HeaderMap) -> Response {
     // A missing or invalid cookie marks nothing here; voting with it is what gets refused.
     let chosen = cookie::from_headers(&headers)
         .and_then(|value| state.config.cookie_key.verify(value).ok())
@@ -158,7 +161,7 @@ struct VoteForm {
 }
 
 async fn vote_form<Q: VoteQueue>(
-    State(state): State<AppState<Q>>,
+    State(state): State<Arc<AppState<Q>>>,
     headers: HeaderMap,
     form: Result<Form<VoteForm>, FormRejection>,
 ) -> Response {
@@ -204,7 +207,7 @@ struct ApiError {
 }
 
 async fn vote_api<Q: VoteQueue>(
-    State(state): State<AppState<Q>>,
+    State(state): State<Arc<AppState<Q>>>,
     headers: HeaderMap,
     body: Result<Json<VoteRequest>, JsonRejection>,
 ) -> Response {
