@@ -22,7 +22,7 @@ use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 use voting_testkit::{Process, free_port};
 
-use crate::helpers::{ANY_PORT, SETTLE, TestSystem, eventually};
+use crate::helpers::{ANY_PORT, SETTLE, TestSystem, UpProcess, eventually};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -257,50 +257,6 @@ async fn weigh(http: &reqwest::Client, url: &str) -> (usize, usize) {
         plain += http.get(format!("{url}{path}")).send().await.unwrap().bytes().await.unwrap().len();
     }
     (compressed, plain)
-}
-
-// ---------------------------------------------------------------------------------------------
-// `voting up`, the real binary.
-
-struct UpProcess {
-    process: Process,
-    vote_url: String,
-    result_url: String,
-}
-
-impl UpProcess {
-    /// Starts `voting up` and waits until both services are ready.
-    async fn start(data_dir: &Path, vote_port: u16, result_port: u16) -> Self {
-        let vote_addr = format!("127.0.0.1:{vote_port}");
-        let result_addr = format!("127.0.0.1:{result_port}");
-        let process = Process::spawn(
-            env!("CARGO_BIN_EXE_voting"),
-            &[
-                "up",
-                "--data-dir",
-                data_dir.to_str().unwrap(),
-                "--vote-addr",
-                &vote_addr,
-                "--result-addr",
-                &result_addr,
-            ],
-            &[("VOTE_OPTIONS", "a=Cats,b=Dogs,c=Birds")],
-        )
-        .unwrap();
-        let up = Self {
-            process,
-            vote_url: format!("http://{vote_addr}"),
-            result_url: format!("http://{result_addr}"),
-        };
-        let http = reqwest::Client::new();
-        let ok = async |url: String| http.get(url).send().await.is_ok_and(|r| r.status() == StatusCode::OK);
-        let ready = eventually(SETTLE, async || {
-            ok(format!("{}/readyz", up.vote_url)).await && ok(format!("{}/readyz", up.result_url)).await
-        })
-        .await;
-        assert!(ready, "voting up starts: {}", up.process.log());
-        up
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

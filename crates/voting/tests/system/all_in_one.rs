@@ -4,45 +4,11 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use voting_core::Results;
-use voting_testkit::{Process, free_port};
+use voting_testkit::free_port;
 
-use crate::helpers::{SETTLE, eventually};
+use crate::helpers::{SETTLE, UpProcess, eventually};
 
-struct Up {
-    process: Process,
-    vote_url: String,
-    result_url: String,
-}
-
-fn start_up(data_dir: &std::path::Path, vote_port: u16, result_port: u16) -> Up {
-    let vote_addr = format!("127.0.0.1:{vote_port}");
-    let result_addr = format!("127.0.0.1:{result_port}");
-    let process = Process::spawn(
-        env!("CARGO_BIN_EXE_voting"),
-        &[
-            "up",
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--vote-addr",
-            &vote_addr,
-            "--result-addr",
-            &result_addr,
-        ],
-        &[],
-    )
-    .unwrap();
-    Up { process, vote_url: format!("http://{vote_addr}"), result_url: format!("http://{result_addr}") }
-}
-
-async fn ready(http: &reqwest::Client, up: &Up) -> bool {
-    let ok = async |url: String| http.get(url).send().await.is_ok_and(|r| r.status() == StatusCode::OK);
-    eventually(SETTLE, async || {
-        ok(format!("{}/readyz", up.vote_url)).await && ok(format!("{}/readyz", up.result_url)).await
-    })
-    .await
-}
-
-async fn total(http: &reqwest::Client, up: &Up) -> Option<u64> {
+async fn total(http: &reqwest::Client, up: &UpProcess) -> Option<u64> {
     let response = http.get(format!("{}/api/results", up.result_url)).send().await.ok()?;
     Some(response.json::<Results>().await.ok()?.total)
 }
@@ -52,8 +18,7 @@ async fn voting_up_keeps_every_acknowledged_vote_across_kill_9_and_restart() {
     let data = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
     let (vote_port, result_port) = (free_port(), free_port());
-    let mut up = start_up(data.path(), vote_port, result_port);
-    assert!(ready(&http, &up).await, "voting up starts: {}", up.process.log());
+    let mut up = UpProcess::start(data.path(), vote_port, result_port).await;
     assert!(up.process.log().contains(&format!("http://127.0.0.1:{vote_port}/")), "prints its URLs");
 
     let mut acknowledged = 0;
@@ -70,8 +35,7 @@ async fn voting_up_keeps_every_acknowledged_vote_across_kill_9_and_restart() {
     }
     up.process.kill(); // at once, whatever the worker was doing
 
-    let up = start_up(data.path(), vote_port, result_port);
-    assert!(ready(&http, &up).await, "voting up restarts: {}", up.process.log());
+    let up = UpProcess::start(data.path(), vote_port, result_port).await;
     assert!(
         eventually(SETTLE, async || total(&http, &up).await == Some(acknowledged)).await,
         "after the restart results show {acknowledged} votes, not {:?}",
@@ -83,8 +47,7 @@ async fn voting_up_keeps_every_acknowledged_vote_across_kill_9_and_restart() {
 async fn voting_up_stops_cleanly_on_sigterm() {
     let data = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
-    let mut up = start_up(data.path(), free_port(), free_port());
-    assert!(ready(&http, &up).await, "{}", up.process.log());
+    let mut up = UpProcess::start(data.path(), free_port(), free_port()).await;
     // An open event stream must not hold shutdown open.
     let events = http.get(format!("{}/events", up.result_url)).send().await.unwrap();
     assert_eq!(events.status(), StatusCode::OK);

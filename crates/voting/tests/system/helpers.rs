@@ -15,7 +15,7 @@ use voting_core::queue::redis::RedisQueue;
 use voting_core::queue::{ConsumerSettings, Durability};
 use voting_core::store::postgres::PostgresStore;
 use voting_core::{Ballot, Results};
-use voting_testkit::{PostgresServer, RedisServer};
+use voting_testkit::{PostgresServer, Process, RedisServer};
 
 pub const ANY_PORT: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
@@ -217,4 +217,47 @@ pub async fn eventually<F: AsyncFnMut() -> bool>(timeout: Duration, mut check: F
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     false
+}
+
+/// `voting up` as a user runs it: the real binary on the given ports, with the same ballot as
+/// [`TestSystem`].
+pub struct UpProcess {
+    pub process: Process,
+    pub vote_url: String,
+    pub result_url: String,
+}
+
+impl UpProcess {
+    /// Starts `voting up` and waits until both services are ready.
+    pub async fn start(data_dir: &std::path::Path, vote_port: u16, result_port: u16) -> Self {
+        let vote_addr = format!("127.0.0.1:{vote_port}");
+        let result_addr = format!("127.0.0.1:{result_port}");
+        let process = Process::spawn(
+            env!("CARGO_BIN_EXE_voting"),
+            &[
+                "up",
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+                "--vote-addr",
+                &vote_addr,
+                "--result-addr",
+                &result_addr,
+            ],
+            &[("VOTE_OPTIONS", "a=Cats,b=Dogs,c=Birds")],
+        )
+        .unwrap();
+        let up = Self {
+            process,
+            vote_url: format!("http://{vote_addr}"),
+            result_url: format!("http://{result_addr}"),
+        };
+        let http = reqwest::Client::new();
+        let ok = async |url: String| http.get(url).send().await.is_ok_and(|r| r.status() == StatusCode::OK);
+        let ready = eventually(SETTLE, async || {
+            ok(format!("{}/readyz", up.vote_url)).await && ok(format!("{}/readyz", up.result_url)).await
+        })
+        .await;
+        assert!(ready, "voting up starts: {}", up.process.log());
+        up
+    }
 }

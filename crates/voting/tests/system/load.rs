@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use voting::load::{LoadPlan, Report};
-use voting_testkit::{Process, free_port};
+use voting_testkit::free_port;
 
-use crate::helpers::{SETTLE, TestSystem, eventually};
+use crate::helpers::{SETTLE, TestSystem, UpProcess, eventually};
 
 fn plan(vote_url: &str, result_url: &str, votes: u64, voters: Option<u64>) -> LoadPlan {
     LoadPlan {
@@ -85,32 +85,11 @@ async fn the_checker_catches_a_vote_counted_that_nobody_cast() {
 async fn the_load_command_verifies_voting_up_and_exits_zero() {
     let data = tempfile::tempdir().unwrap();
     let (vote_port, result_port) = (free_port(), free_port());
-    let (vote_url, result_url) =
-        (format!("http://127.0.0.1:{vote_port}"), format!("http://127.0.0.1:{result_port}"));
-    let mut up = Process::spawn(
-        env!("CARGO_BIN_EXE_voting"),
-        &[
-            "up",
-            "--data-dir",
-            data.path().to_str().unwrap(),
-            "--vote-addr",
-            &format!("127.0.0.1:{vote_port}"),
-            "--result-addr",
-            &format!("127.0.0.1:{result_port}"),
-        ],
-        &[],
-    )
-    .unwrap();
-    let http = reqwest::Client::new();
-    let ready = eventually(SETTLE, async || {
-        http.get(format!("{result_url}/readyz")).send().await.is_ok_and(|r| r.status().is_success())
-    })
-    .await;
-    assert!(ready, "{}", up.log());
+    let mut up = UpProcess::start(data.path(), vote_port, result_port).await;
 
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_voting"))
-        .args(["load", "--url", &vote_url, "--votes", "20000", "--voters", "2000", "--mix", "a=3,b=1"])
-        .args(["--verify", &result_url, "--json"])
+        .args(["load", "--url", &up.vote_url, "--votes", "20000", "--voters", "2000", "--mix", "a=3,b=1"])
+        .args(["--verify", &up.result_url, "--json"])
         .output()
         .await
         .unwrap();
@@ -122,5 +101,5 @@ async fn the_load_command_verifies_voting_up_and_exits_zero() {
     assert_eq!(report["verify"]["lost"], 0);
     assert_eq!(report["verify"]["extra"], 0);
     assert_eq!(report["verify"]["expected"], 2_000);
-    up.kill();
+    up.process.kill();
 }
