@@ -55,6 +55,21 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) -> io::Result<()> {
         axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown.cancelled_owned()).await
     }
+
+    /// Serves the connections that `divert` passes on from the bound socket, for a service
+    /// that answers some connections itself (the result service's event streams).
+    pub async fn run_diverted<L>(
+        self,
+        divert: impl FnOnce(TcpListener) -> L,
+        shutdown: CancellationToken,
+    ) -> io::Result<()>
+    where
+        L: axum::serve::Listener<Addr = SocketAddr>,
+    {
+        axum::serve(divert(self.listener), self.router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+    }
 }
 
 /// The layers every service has, outermost first: a request id, one log line per request,

@@ -2,6 +2,7 @@
 //! Events). One [`feed`] per process keeps the latest tallies; every client reads from it.
 
 pub mod feed;
+mod stream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -49,6 +50,7 @@ struct AppState {
 #[derive(Debug)]
 pub struct ResultService {
     server: Server,
+    feed: Feed,
     feed_task: JoinHandle<()>,
     shutdown: CancellationToken,
 }
@@ -70,8 +72,9 @@ impl ResultService {
             instance: config.instance,
             shutdown: shutdown.clone(),
         };
+        let ready_feed = feed.clone();
         let ready = move || {
-            let feed = feed.clone();
+            let feed = ready_feed.clone();
             async move { feed.ready() }
         };
         let pages = Router::new()
@@ -82,7 +85,7 @@ impl ResultService {
         let router = compressed(pages)
             .merge(Router::new().route("/events", get(events)).with_state(state))
             .merge(health_routes(ready));
-        Ok(Self { server: Server::bind(addr, router).await?, feed_task, shutdown })
+        Ok(Self { server: Server::bind(addr, router).await?, feed, feed_task, shutdown })
     }
 
     pub fn port(&self) -> u16 {
@@ -90,7 +93,11 @@ impl ResultService {
     }
 
     pub async fn run(self) -> std::io::Result<()> {
-        let served = self.server.run(self.shutdown).await;
+        let (feed, shutdown) = (self.feed, self.shutdown.clone());
+        let served = self
+            .server
+            .run_diverted(|listener| stream::split(listener, feed, KEEP_ALIVE, shutdown), self.shutdown)
+            .await;
         if let Err(e) = self.feed_task.await {
             tracing::error!(error = %e, "result feed task failed");
         }

@@ -147,3 +147,39 @@ async fn a_returning_voter_sees_their_latest_choice_marked_and_no_one_else_does(
         assert!(!html.contains("aria-pressed=\"true\""), "{html}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_work_on_a_fresh_connection_and_on_a_reused_keep_alive_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let system = TestSystem::start().await;
+    let addr = system.result_url.trim_start_matches("http://").to_owned();
+    let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+    let read_until = async |stream: &mut tokio::net::TcpStream, marker: &str| {
+        let mut seen = String::new();
+        let mut chunk = [0u8; 4096];
+        while !seen.contains(marker) {
+            let n = tokio::time::timeout(SETTLE, stream.read(&mut chunk)).await.unwrap().unwrap();
+            assert!(n > 0, "connection closed before `{marker}`: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+        seen
+    };
+
+    // A connection that opens with /events (a browser's EventSource).
+    let mut fresh = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    fresh.write_all(request("/events").as_bytes()).await.unwrap();
+    let head = read_until(&mut fresh, "\"total\":0").await;
+    assert!(head.starts_with("HTTP/1.1 200") && head.contains("text/event-stream"), "{head}");
+
+    // A proxy's keep-alive connection that asks for something else first.
+    let mut reused = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    reused.write_all(request("/api/results").as_bytes()).await.unwrap();
+    read_until(&mut reused, "\"total\":0}").await;
+    reused.write_all(request("/events").as_bytes()).await.unwrap();
+    read_until(&mut reused, "text/event-stream").await;
+
+    // Both streams see the next vote.
+    system.vote_as_new_voter("a").await;
+    read_until(&mut fresh, "\"total\":1").await;
+    read_until(&mut reused, "\"total\":1").await;
+}
