@@ -94,26 +94,47 @@ async fn serve(mut stream: TcpStream, feed: Feed, keep_alive: Duration, shutdown
     if !read_head(&mut stream).await || stream.write_all(RESPONSE_HEAD).await.is_err() {
         return;
     }
+    let started = std::time::Instant::now();
+    let events = stream_events(&mut stream, feed, keep_alive, shutdown).await;
+    // The one line per request that the middleware writes for everything else.
+    tracing::info!(
+        http.method = "GET",
+        http.path = "/events",
+        duration_ms = started.elapsed().as_millis() as u64,
+        events,
+        "event stream closed"
+    );
+}
+
+/// Sends events until the client leaves or shutdown; returns how many were sent.
+async fn stream_events(
+    stream: &mut TcpStream,
+    feed: Feed,
+    keep_alive: Duration,
+    shutdown: CancellationToken,
+) -> u64 {
+    let mut sent = 0;
     let mut latest = feed.subscribe();
     let mut tick = tokio::time::interval(keep_alive);
     tick.reset();
     let mut probe = [0u8; 1];
     loop {
         let message = tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return sent,
             changed = latest.changed() => {
                 if changed.is_err() {
-                    return;
+                    return sent;
                 }
+                sent += 1;
                 let snapshot = latest.borrow_and_update().clone();
                 format!("data: {}\n\n", snapshot.json)
             }
             _ = tick.tick() => ":\n\n".to_owned(),
             // The client sends nothing after its request: a read returning is it leaving.
-            _ = stream.read(&mut probe) => return,
+            _ = stream.read(&mut probe) => return sent,
         };
         if stream.write_all(message.as_bytes()).await.is_err() {
-            return;
+            return sent;
         }
     }
 }
