@@ -1,7 +1,7 @@
 //! The queue of `voting up`: a SQLite table in the data directory.
 //!
 //! Each vote is committed (WAL, `synchronous=NORMAL`) before it is acknowledged, so it survives
-//! the process being killed. There is one consumer, in the same process: it reads past an
+//! the process being killed; votes arriving together share one commit. There is one consumer, in the same process: it reads past an
 //! in-memory cursor, and an acknowledged entry is deleted at once. After a restart the cursor
 //! starts over, so every entry not yet acknowledged is delivered again: the same at-least-once
 //! contract as the Redis queue, with redelivery instead of `XAUTOCLAIM`.
@@ -14,7 +14,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{ConsumerSettings, Delivery, QueueConsumer, QueueError, VoteQueue, decode_vote, fields};
 use crate::domain::{QueuePosition, Vote};
@@ -39,14 +39,64 @@ pub struct EmbeddedQueue {
     pool: SqlitePool,
     /// Wakes the consumer when a vote is appended, so it does not poll.
     appended: Arc<Notify>,
+    /// Votes on their way to the appender task, each with where its outcome goes.
+    appender: mpsc::Sender<Pending>,
 }
+
+type Pending = (Vote, oneshot::Sender<Result<QueuePosition, QueueError>>);
+
+/// Most votes committed in one transaction.
+const MAX_APPEND_BATCH: usize = 512;
 
 impl EmbeddedQueue {
     pub async fn open(path: &Path) -> Result<Self, QueueError> {
         let pool = open_sqlite(path).await.map_err(unavailable)?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(unavailable)?;
-        Ok(Self { pool, appended: Arc::new(Notify::new()) })
+        let appended = Arc::new(Notify::new());
+        let (appender, pending) = mpsc::channel(4 * MAX_APPEND_BATCH);
+        tokio::spawn(append_batches(pool.clone(), pending, appended.clone()));
+        Ok(Self { pool, appended, appender })
     }
+}
+
+/// Group commit, as for Redis: every vote that arrives while a transaction commits goes into
+/// the next one, so a commit (the cost that matters) is shared by the whole batch. A vote is
+/// acknowledged only after its transaction committed.
+async fn append_batches(pool: SqlitePool, mut pending: mpsc::Receiver<Pending>, appended: Arc<Notify>) {
+    let mut batch = Vec::with_capacity(MAX_APPEND_BATCH);
+    while pending.recv_many(&mut batch, MAX_APPEND_BATCH).await > 0 {
+        match append(&pool, &batch).await {
+            Ok(positions) => {
+                appended.notify_one();
+                for ((_, outcome), position) in batch.drain(..).zip(positions) {
+                    let _ = outcome.send(Ok(position));
+                }
+            }
+            Err(e) => {
+                for (_, outcome) in batch.drain(..) {
+                    let _ = outcome.send(Err(unavailable(anyhow::anyhow!("{e:#}"))));
+                }
+            }
+        }
+    }
+}
+
+async fn append(pool: &SqlitePool, batch: &[Pending]) -> Result<Vec<QueuePosition>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut positions = Vec::with_capacity(batch.len());
+    for (vote, _) in batch {
+        let position: i64 = sqlx::query_scalar(
+            "INSERT INTO queue (voter, option, cast_at_ms) VALUES (?, ?, ?) RETURNING position",
+        )
+        .bind(vote.voter.to_string())
+        .bind(vote.option.as_str())
+        .bind(vote.cast_at_ms.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+        positions.push(QueuePosition { major: position as u64, minor: 0 });
+    }
+    tx.commit().await?;
+    Ok(positions)
 }
 
 /// One connection per file: SQLite has one writer anyway, and queueing in the pool is cheaper
@@ -67,17 +117,14 @@ impl VoteQueue for EmbeddedQueue {
     type Consumer = EmbeddedConsumer;
 
     async fn publish(&self, vote: &Vote) -> Result<QueuePosition, QueueError> {
-        let position: i64 = sqlx::query_scalar(
-            "INSERT INTO queue (voter, option, cast_at_ms) VALUES (?, ?, ?) RETURNING position",
-        )
-        .bind(vote.voter.to_string())
-        .bind(vote.option.as_str())
-        .bind(vote.cast_at_ms.to_string())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        self.appended.notify_one();
-        Ok(QueuePosition { major: position as u64, minor: 0 })
+        let (outcome, reply) = oneshot::channel();
+        self.appender
+            .send((vote.clone(), outcome))
+            .await
+            .map_err(|_| unavailable(anyhow::anyhow!("the appender task has stopped")))?;
+        reply
+            .await
+            .map_err(|_| QueueError::Indeterminate(anyhow::anyhow!("the appender dropped the vote")))?
     }
 
     async fn ping(&self) -> Result<(), QueueError> {
