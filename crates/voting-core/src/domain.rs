@@ -53,11 +53,6 @@ pub struct Ballot {
 }
 
 impl Ballot {
-    /// The original app's ballot: `a` = Cats, `b` = Dogs.
-    pub fn cats_and_dogs() -> Self {
-        Self::from_labels("Cats", "Dogs")
-    }
-
     /// Two options `a` and `b` with the given labels (the original's `OPTION_A` / `OPTION_B`).
     pub fn from_labels(a: &str, b: &str) -> Self {
         let option = |id: &str, label: &str| BallotOption {
@@ -112,10 +107,6 @@ pub struct VoterId([u8; 16]);
 impl VoterId {
     pub fn random() -> Self {
         Self(rand::random())
-    }
-
-    pub fn from_bytes(bytes: [u8; 16]) -> Self {
-        Self(bytes)
     }
 
     pub fn as_bytes(&self) -> &[u8; 16] {

@@ -14,8 +14,9 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::Notify;
 
+use super::group_commit::{BatchWriter, GroupCommit};
 use super::{ConsumerSettings, Delivery, QueueConsumer, QueueError, VoteQueue, decode_vote, fields};
 use crate::domain::{QueuePosition, Vote};
 
@@ -39,64 +40,45 @@ pub struct EmbeddedQueue {
     pool: SqlitePool,
     /// Wakes the consumer when a vote is appended, so it does not poll.
     appended: Arc<Notify>,
-    /// Votes on their way to the appender task, each with where its outcome goes.
-    appender: mpsc::Sender<Pending>,
+    appender: GroupCommit,
 }
-
-type Pending = (Vote, oneshot::Sender<Result<QueuePosition, QueueError>>);
-
-/// Most votes committed in one transaction.
-const MAX_APPEND_BATCH: usize = 512;
 
 impl EmbeddedQueue {
     pub async fn open(path: &Path) -> Result<Self, QueueError> {
-        let pool = open_sqlite(path).await.map_err(unavailable)?;
-        sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(unavailable)?;
+        let pool = open_sqlite(path).await.map_err(QueueError::unavailable)?;
+        sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(QueueError::unavailable)?;
         let appended = Arc::new(Notify::new());
-        let (appender, pending) = mpsc::channel(4 * MAX_APPEND_BATCH);
-        tokio::spawn(append_batches(pool.clone(), pending, appended.clone()));
+        let appender = GroupCommit::spawn(Transaction { pool: pool.clone(), appended: appended.clone() });
         Ok(Self { pool, appended, appender })
     }
 }
 
-/// Group commit, as for Redis: every vote that arrives while a transaction commits goes into
-/// the next one, so a commit (the cost that matters) is shared by the whole batch. A vote is
-/// acknowledged only after its transaction committed.
-async fn append_batches(pool: SqlitePool, mut pending: mpsc::Receiver<Pending>, appended: Arc<Notify>) {
-    let mut batch = Vec::with_capacity(MAX_APPEND_BATCH);
-    while pending.recv_many(&mut batch, MAX_APPEND_BATCH).await > 0 {
-        match append(&pool, &batch).await {
-            Ok(positions) => {
-                appended.notify_one();
-                for ((_, outcome), position) in batch.drain(..).zip(positions) {
-                    let _ = outcome.send(Ok(position));
-                }
-            }
-            Err(e) => {
-                for (_, outcome) in batch.drain(..) {
-                    let _ = outcome.send(Err(unavailable(anyhow::anyhow!("{e:#}"))));
-                }
-            }
-        }
-    }
+/// Writes a batch in one SQLite transaction, then wakes the consumer.
+struct Transaction {
+    pool: SqlitePool,
+    appended: Arc<Notify>,
 }
 
-async fn append(pool: &SqlitePool, batch: &[Pending]) -> Result<Vec<QueuePosition>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let mut positions = Vec::with_capacity(batch.len());
-    for (vote, _) in batch {
-        let position: i64 = sqlx::query_scalar(
-            "INSERT INTO queue (voter, option, cast_at_ms) VALUES (?, ?, ?) RETURNING position",
-        )
-        .bind(vote.voter.to_string())
-        .bind(vote.option.as_str())
-        .bind(vote.cast_at_ms.to_string())
-        .fetch_one(&mut *tx)
-        .await?;
-        positions.push(QueuePosition { major: position as u64, minor: 0 });
+impl BatchWriter for Transaction {
+    async fn write(&mut self, votes: &[Vote]) -> Result<Vec<Result<QueuePosition, QueueError>>, QueueError> {
+        let mut tx = self.pool.begin().await.map_err(QueueError::unavailable)?;
+        let mut positions = Vec::with_capacity(votes.len());
+        for vote in votes {
+            let position: i64 = sqlx::query_scalar(
+                "INSERT INTO queue (voter, option, cast_at_ms) VALUES (?, ?, ?) RETURNING position",
+            )
+            .bind(vote.voter.to_string())
+            .bind(vote.option.as_str())
+            .bind(vote.cast_at_ms.to_string())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(QueueError::unavailable)?;
+            positions.push(Ok(QueuePosition { major: position as u64, minor: 0 }));
+        }
+        tx.commit().await.map_err(QueueError::unavailable)?;
+        self.appended.notify_one();
+        Ok(positions)
     }
-    tx.commit().await?;
-    Ok(positions)
 }
 
 /// One connection per file: SQLite has one writer anyway, and queueing in the pool is cheaper
@@ -117,18 +99,11 @@ impl VoteQueue for EmbeddedQueue {
     type Consumer = EmbeddedConsumer;
 
     async fn publish(&self, vote: &Vote) -> Result<QueuePosition, QueueError> {
-        let (outcome, reply) = oneshot::channel();
-        self.appender
-            .send((vote.clone(), outcome))
-            .await
-            .map_err(|_| unavailable(anyhow::anyhow!("the appender task has stopped")))?;
-        reply
-            .await
-            .map_err(|_| QueueError::Indeterminate(anyhow::anyhow!("the appender dropped the vote")))?
+        self.appender.append(vote).await
     }
 
     async fn ping(&self) -> Result<(), QueueError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(unavailable)?;
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(QueueError::unavailable)?;
         Ok(())
     }
 
@@ -154,7 +129,7 @@ impl EmbeddedConsumer {
         .bind(self.settings.batch_size as i64)
         .fetch_all(&self.queue.pool)
         .await
-        .map_err(unavailable)?;
+        .map_err(QueueError::unavailable)?;
         let mut batch = Vec::with_capacity(rows.len());
         for row in rows {
             let position: i64 = row.get(0);
@@ -194,7 +169,7 @@ impl QueueConsumer for EmbeddedConsumer {
             list.push_bind(position.major as i64);
         }
         delete.push(")");
-        delete.build().execute(&self.queue.pool).await.map_err(unavailable)?;
+        delete.build().execute(&self.queue.pool).await.map_err(QueueError::unavailable)?;
         Ok(())
     }
 
@@ -207,7 +182,7 @@ impl QueueConsumer for EmbeddedConsumer {
         .bind(entry.position.major as i64)
         .execute(&self.queue.pool)
         .await
-        .map_err(unavailable)?;
+        .map_err(QueueError::unavailable)?;
         self.ack(&[entry.position]).await
     }
 
@@ -219,8 +194,4 @@ impl QueueConsumer for EmbeddedConsumer {
     async fn ping(&mut self) -> Result<(), QueueError> {
         self.queue.ping().await
     }
-}
-
-fn unavailable(error: impl Into<anyhow::Error>) -> QueueError {
-    QueueError::Unavailable(error.into())
 }

@@ -6,6 +6,7 @@
 //! `voting up`. The worker is written once against [`VoteQueue`] and [`QueueConsumer`].
 
 pub mod embedded;
+mod group_commit;
 pub mod redis;
 
 use std::future::Future;
@@ -109,6 +110,11 @@ pub enum QueueError {
 }
 
 impl QueueError {
+    /// Not done, for this reason.
+    pub fn unavailable(error: impl Into<anyhow::Error>) -> Self {
+        Self::Unavailable(error.into())
+    }
+
     /// Whether the write may have happened despite the error.
     pub fn outcome_unknown(&self) -> bool {
         matches!(self, Self::Indeterminate(_))

@@ -15,8 +15,9 @@ use anyhow::anyhow;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, Value};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::Mutex;
 
+use super::group_commit::{BatchWriter, GroupCommit};
 use super::{
     ConsumerSettings, Delivery, Durability, QueueConsumer, QueueError, VoteQueue, decode_vote, encode_vote,
 };
@@ -35,78 +36,63 @@ const DEAD_LETTER_MAX_LEN: usize = 100_000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The Redis queue, cheap to clone: clones share one multiplexed connection and one publisher.
+/// The Redis queue, cheap to clone: clones share one multiplexed connection and one
+/// group-commit task.
 #[derive(Debug, Clone)]
 pub struct RedisQueue {
     connection: Arc<SharedConnection>,
-    /// Votes on their way to the publisher task, each with where its outcome goes.
-    publisher: mpsc::Sender<Pending>,
+    appender: GroupCommit,
 }
-
-type Pending = (Vote, oneshot::Sender<Result<QueuePosition, QueueError>>);
-
-/// Most votes appended in one pipeline.
-const MAX_PUBLISH_BATCH: usize = 512;
 
 impl RedisQueue {
     /// Does not connect: the first command does, so a service starts while Redis is down.
-    /// Must be called within a Tokio runtime: it starts the publisher task, which ends when
-    /// the last clone is dropped.
+    /// Must be called within a Tokio runtime: it starts the group-commit task.
     pub fn new(url: &str, durability: Durability, replication_timeout: Duration) -> Result<Self, QueueError> {
-        let client = Client::open(url).map_err(unavailable)?;
+        let client = Client::open(url).map_err(QueueError::unavailable)?;
         let connection = Arc::new(SharedConnection::new(client, RESPONSE_TIMEOUT));
-        let (publisher, pending) = mpsc::channel(4 * MAX_PUBLISH_BATCH);
-        tokio::spawn(publish_batches(connection.clone(), pending, durability, replication_timeout));
-        Ok(Self { connection, publisher })
+        let appender =
+            GroupCommit::spawn(Pipeline { connection: connection.clone(), durability, replication_timeout });
+        Ok(Self { connection, appender })
     }
 }
 
-/// Group commit: every vote that arrives while a pipeline is in flight goes out in the next
-/// one. One write and one read carry a whole batch, instead of a system call and a task
-/// wake-up per vote; with `replicated`, one `WAIT` at the end covers every vote before it.
-async fn publish_batches(
+/// Writes a batch as one pipeline of `XADD`s; with `replicated`, one `WAIT` at the end covers
+/// every vote before it.
+struct Pipeline {
     connection: Arc<SharedConnection>,
-    mut pending: mpsc::Receiver<Pending>,
     durability: Durability,
     replication_timeout: Duration,
-) {
-    let mut batch = Vec::with_capacity(MAX_PUBLISH_BATCH);
-    while pending.recv_many(&mut batch, MAX_PUBLISH_BATCH).await > 0 {
+}
+
+impl BatchWriter for Pipeline {
+    async fn write(&mut self, votes: &[Vote]) -> Result<Vec<Result<QueuePosition, QueueError>>, QueueError> {
         let mut pipe = redis::pipe();
-        for (vote, _) in &batch {
+        for vote in votes {
             let add = pipe.cmd("XADD").arg(STREAM).arg("*");
             for (field, value) in encode_vote(vote) {
                 add.arg(field).arg(value);
             }
         }
-        if durability == Durability::Replicated {
-            pipe.cmd("WAIT").arg(1).arg(replication_timeout.as_millis() as u64);
+        if self.durability == Durability::Replicated {
+            pipe.cmd("WAIT").arg(1).arg(self.replication_timeout.as_millis() as u64);
         }
-        match connection.query_pipeline::<Vec<Value>>(&pipe).await {
-            Ok(replies) => {
-                let replicated = match durability {
-                    Durability::Fast => true,
-                    Durability::Replicated => matches!(replies.last(), Some(Value::Int(n)) if *n >= 1),
-                };
-                for ((_, outcome), reply) in batch.drain(..).zip(replies) {
-                    let result = match text(&reply) {
-                        Some(_) if !replicated => Err(QueueError::Indeterminate(anyhow!(
-                            "no replica confirmed the vote within {replication_timeout:?}"
-                        ))),
-                        Some(id) => parse_id(&id),
-                        None => Err(unavailable(anyhow!("XADD answered {reply:?}"))),
-                    };
-                    let _ = outcome.send(result);
-                }
-            }
-            Err(e) => {
-                for (_, outcome) in batch.drain(..) {
-                    let _ = outcome.send(Err(e.same_again()));
-                }
-            }
-        }
-        // Votes whose reply went missing (a short reply) must not wait forever.
-        batch.clear();
+        let replies: Vec<Value> = self.connection.query_pipeline(&pipe).await?;
+        let replicated = match self.durability {
+            Durability::Fast => true,
+            Durability::Replicated => matches!(replies.last(), Some(Value::Int(n)) if *n >= 1),
+        };
+        Ok(replies
+            .iter()
+            .take(votes.len())
+            .map(|reply| match text(reply) {
+                Some(_) if !replicated => Err(QueueError::Indeterminate(anyhow!(
+                    "no replica confirmed the vote within {:?}",
+                    self.replication_timeout
+                ))),
+                Some(id) => parse_id(&id),
+                None => Err(QueueError::unavailable(anyhow!("XADD answered {reply:?}"))),
+            })
+            .collect())
     }
 }
 
@@ -114,12 +100,7 @@ impl VoteQueue for RedisQueue {
     type Consumer = RedisConsumer;
 
     async fn publish(&self, vote: &Vote) -> Result<QueuePosition, QueueError> {
-        let (outcome, reply) = oneshot::channel();
-        self.publisher
-            .send((vote.clone(), outcome))
-            .await
-            .map_err(|_| unavailable(anyhow!("the publisher task has stopped")))?;
-        reply.await.map_err(|_| QueueError::Indeterminate(anyhow!("the publisher dropped the vote")))?
+        self.appender.append(vote).await
     }
 
     async fn ping(&self) -> Result<(), QueueError> {
@@ -264,9 +245,9 @@ impl QueueConsumer for RedisConsumer {
         let last_delivered: QueuePosition = group
             .get("last-delivered-id")
             .and_then(text)
-            .ok_or_else(|| unavailable(anyhow!("XINFO GROUPS without last-delivered-id")))?
+            .ok_or_else(|| QueueError::unavailable(anyhow!("XINFO GROUPS without last-delivered-id")))?
             .parse()
-            .map_err(unavailable)?;
+            .map_err(QueueError::unavailable)?;
         let pending: Value = self.commands.query(redis::cmd("XPENDING").arg(STREAM).arg(GROUP)).await?;
         let oldest_pending = match pending {
             Value::Array(summary) if summary.len() >= 2 => text(&summary[1]).and_then(|id| id.parse().ok()),
@@ -316,7 +297,7 @@ impl SharedConnection {
             .client
             .get_multiplexed_async_connection_with_config(&self.config)
             .await
-            .map_err(unavailable)?;
+            .map_err(QueueError::unavailable)?;
         state.0 += 1;
         state.1 = Some(connection.clone());
         Ok((state.0, connection))
@@ -355,7 +336,7 @@ impl SharedConnection {
             Err(e) => {
                 self.forget(generation).await;
                 if e.code().is_some() {
-                    Err(unavailable(e))
+                    Err(QueueError::unavailable(e))
                 } else {
                     Err(QueueError::Indeterminate(e.into()))
                 }
@@ -364,12 +345,8 @@ impl SharedConnection {
     }
 }
 
-fn unavailable(error: impl Into<anyhow::Error>) -> QueueError {
-    QueueError::Unavailable(error.into())
-}
-
 fn parse_id(id: &str) -> Result<QueuePosition, QueueError> {
-    id.parse().map_err(|e| unavailable(anyhow!("stream id `{id}`: {e}")))
+    id.parse().map_err(|e| QueueError::unavailable(anyhow!("stream id `{id}`: {e}")))
 }
 
 fn text(value: &Value) -> Option<String> {

@@ -7,7 +7,7 @@ use sqlx::sqlite::SqlitePool;
 use tokio::sync::watch;
 
 use super::{ChangeFeed, StoreError, VoteStore};
-use crate::domain::{OptionId, QueuedVote, Tallies, latest_per_voter};
+use crate::domain::{QueuedVote, Tallies, latest_per_voter};
 use crate::queue::embedded::open_sqlite;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -58,10 +58,7 @@ impl VoteStore for EmbeddedStore {
     async fn tallies(&self) -> Result<Tallies, StoreError> {
         let rows: Vec<(String, i64)> =
             sqlx::query_as("SELECT vote, votes FROM tallies").fetch_all(&self.pool).await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(vote, votes)| Some((OptionId::parse(&vote).ok()?, votes.max(0) as u64)))
-            .collect())
+        Ok(super::tallies_from_rows(rows))
     }
 
     async fn changes(&self) -> Result<EmbeddedChanges, StoreError> {

@@ -9,7 +9,7 @@ pub mod postgres;
 
 use std::future::Future;
 
-use crate::domain::{QueuedVote, Tallies};
+use crate::domain::{OptionId, QueuedVote, Tallies};
 
 pub trait VoteStore: Clone + Send + Sync + 'static {
     type Changes: ChangeFeed;
@@ -35,6 +35,14 @@ pub trait ChangeFeed: Send + 'static {
     /// Waits for the next committed batch, or for a reconnect after which notices may have been
     /// missed. Either way the caller re-reads the tallies.
     fn changed(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Tallies from `(vote, votes)` rows, as both stores keep them. Rows of options we would never
+/// accept (an adopted database of the original app, say) are not ours to show.
+fn tallies_from_rows(rows: Vec<(String, i64)>) -> Tallies {
+    rows.into_iter()
+        .filter_map(|(vote, votes)| Some((OptionId::parse(&vote).ok()?, votes.max(0) as u64)))
+        .collect()
 }
 
 /// Why the store could not do what was asked. Nothing was committed, or it is not known that

@@ -5,7 +5,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 
 use super::{ChangeFeed, StoreError, VoteStore};
-use crate::domain::{OptionId, QueuedVote, Tallies, latest_per_voter};
+use crate::domain::{QueuedVote, Tallies, latest_per_voter};
 
 /// The channel the tally triggers notify on each committed change.
 pub const CHANGES_CHANNEL: &str = "votes_changed";
@@ -91,12 +91,7 @@ impl VoteStore for PostgresStore {
     async fn tallies(&self) -> Result<Tallies, StoreError> {
         let rows: Vec<(String, i64)> =
             sqlx::query_as("SELECT vote, votes FROM tallies").fetch_all(&self.pool).await?;
-        Ok(rows
-            .into_iter()
-            // Rows of options we would never accept (an adopted database of the original
-            // app, say) are simply not ours to show.
-            .filter_map(|(vote, votes)| Some((OptionId::parse(&vote).ok()?, votes.max(0) as u64)))
-            .collect())
+        Ok(super::tallies_from_rows(rows))
     }
 
     async fn changes(&self) -> Result<PostgresChanges, StoreError> {
