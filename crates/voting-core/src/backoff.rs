@@ -30,8 +30,10 @@ impl Backoff {
 }
 
 impl Default for Backoff {
+    /// At most 2 s between tries: after a PostgreSQL failover (~7 s) the worker is back within
+    /// a second or two, keeping the results well inside the 10 s they may lag.
     fn default() -> Self {
-        Self::new(Duration::from_millis(50), Duration::from_secs(5))
+        Self::new(Duration::from_millis(50), Duration::from_secs(2))
     }
 }
 

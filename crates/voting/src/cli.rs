@@ -47,6 +47,19 @@ pub enum Command {
     /// Sends votes to a vote service and reports throughput, latency and errors; with
     /// `--verify`, checks that exactly the acknowledged votes get counted.
     Load(LoadArgs),
+    /// Exits 0 when a service's health endpoint answers 2xx, 1 otherwise: a container
+    /// `HEALTHCHECK` that needs no curl in the image.
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// The endpoint to ask: `/healthz` (alive) or `/readyz` (dependencies reachable).
+    #[arg(long, env = "HEALTHCHECK_URL", default_value = "http://127.0.0.1:8080/healthz")]
+    pub url: String,
+    /// How long to wait for the answer.
+    #[arg(long, value_parser = crate::load::parse_duration, default_value = "2s")]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -292,6 +305,13 @@ pub struct LoadArgs {
     /// How long --verify waits for the counts to converge.
     #[arg(long, value_parser = crate::load::parse_duration, default_value = "60s")]
     pub verify_timeout: Duration,
+    /// Also trust this CA certificate (PEM) for HTTPS, e.g. a test ACME server's root.
+    #[arg(long = "ca-cert", value_name = "PEM_FILE")]
+    pub ca_certs: Vec<std::path::PathBuf>,
+    /// Send requests for HOST to ADDR instead of resolving it, like curl's --resolve
+    /// (repeatable), e.g. `vote.voting.test:10.89.0.50`.
+    #[arg(long, value_name = "HOST:ADDR", value_parser = crate::load::parse_resolve)]
+    pub resolve: Vec<(String, std::net::IpAddr)>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -312,6 +332,7 @@ impl LoadArgs {
             timeout: self.timeout,
             verify: self.verify.clone(),
             verify_timeout: self.verify_timeout,
+            connection: crate::load::Connection::new(&self.ca_certs, self.resolve.clone())?,
             progress_bar: !self.json && std::io::stderr().is_terminal(),
         })
     }

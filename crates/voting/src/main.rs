@@ -107,6 +107,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 _ => Ok(()),
             }
         }
+        Command::Healthcheck(args) => {
+            let client = reqwest::Client::builder().timeout(args.timeout).build()?;
+            let response =
+                client.get(&args.url).send().await.with_context(|| format!("asking {}", args.url))?;
+            anyhow::ensure!(response.status().is_success(), "{} answered {}", args.url, response.status());
+            Ok(())
+        }
         Command::Migrate(args) => {
             args.database.store()?.migrate().await.context("migrating the schema")?;
             tracing::info!("schema is up to date");

@@ -8,6 +8,7 @@
 //! their minds; one voter never has two votes in flight, so "their last acknowledged vote"
 //! is well defined. Every run is bounded by `--votes` and/or `--duration`.
 
+mod connection;
 mod report;
 mod verify;
 
@@ -20,7 +21,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::StatusCode;
 use tokio::sync::{Mutex, Semaphore, mpsc};
 
-pub use self::report::{ErrorCounts, Percentiles, Report};
+pub use self::connection::{Connection, parse_resolve};
+pub use self::report::{ErrorCounts, Outage, Percentiles, Report};
 pub use self::verify::Verification;
 use self::verify::{Expectation, Possible};
 
@@ -46,6 +48,8 @@ pub struct LoadPlan {
     pub verify: Option<String>,
     /// How long to wait for the results to converge.
     pub verify_timeout: Duration,
+    /// Extra trusted roots and pinned addresses.
+    pub connection: Connection,
     /// Draw a progress bar (on a terminal) rather than plain lines.
     pub progress_bar: bool,
 }
@@ -93,7 +97,9 @@ pub async fn run(plan: LoadPlan) -> anyhow::Result<Report> {
     anyhow::ensure!(plan.concurrency > 0, "--concurrency must be at least 1");
     anyhow::ensure!(!plan.mix.is_empty(), "--mix needs at least one option");
     let url = plan.url.trim_end_matches('/').to_owned();
-    let client = reqwest::Client::builder()
+    let client = plan
+        .connection
+        .client()
         .pool_max_idle_per_host(plan.concurrency)
         .tcp_nodelay(true)
         .connect_timeout(plan.timeout.min(Duration::from_secs(3)))
@@ -113,7 +119,9 @@ pub async fn run(plan: LoadPlan) -> anyhow::Result<Report> {
     );
     let endpoint = if plan.form { format!("{url}/") } else { format!("{url}/api/vote") };
     let mut checker = match &plan.verify {
-        Some(result_url) => Some(verify::Checker::start(result_url, &plan.mix, plan.voters.is_none()).await?),
+        Some(result_url) => Some(
+            verify::Checker::start(result_url, &plan.mix, plan.voters.is_none(), &plan.connection).await?,
+        ),
         None => None,
     };
 
@@ -212,7 +220,6 @@ pub async fn run(plan: LoadPlan) -> anyhow::Result<Report> {
     drop(samples_tx);
     let collected = collector.await.context("collector task")?;
     progress.finish();
-    let elapsed = load_ended - started;
 
     let verification = match checker.as_mut() {
         Some(checker) => {
@@ -230,7 +237,7 @@ pub async fn run(plan: LoadPlan) -> anyhow::Result<Report> {
         }
         None => None,
     };
-    Ok(collected.report(sent, elapsed, verification))
+    Ok(collected.report(sent, started, load_ended, verification))
 }
 
 /// Sends one vote; returns its outcome and, for a new voter, the cookie they were given.
@@ -336,7 +343,9 @@ impl Collected {
         self.acknowledged + self.refused + self.unknown
     }
 
-    fn report(&self, sent: u64, elapsed: Duration, verify: Option<Verification>) -> Report {
+    fn report(&self, sent: u64, started: Instant, ended: Instant, verify: Option<Verification>) -> Report {
+        let elapsed = ended - started;
+        let outages = outages(&self.acknowledged_at, started, ended);
         Report {
             sent,
             acknowledged: self.acknowledged,
@@ -346,9 +355,28 @@ impl Collected {
             elapsed_s: elapsed.as_secs_f64(),
             throughput_per_s: self.acknowledged as f64 / elapsed.as_secs_f64().max(1e-9),
             latency_ms: Percentiles::of(&self.latency_us, 1000.0),
+            longest_outage_s: outages.iter().map(Outage::seconds).fold(0.0, f64::max),
+            outages,
             verify,
         }
     }
+}
+
+/// Stretches of at least [`OUTAGE_AT_LEAST`] in which no vote was acknowledged, whether
+/// votes were refused, failed or just hung: what a voter would call "voting was down".
+fn outages(acknowledged_at: &[Instant], started: Instant, ended: Instant) -> Vec<Outage> {
+    const OUTAGE_AT_LEAST: Duration = Duration::from_millis(500);
+    let mut moments = acknowledged_at.to_vec();
+    moments.sort_unstable();
+    let since_start = |t: Instant| t.saturating_duration_since(started).as_secs_f64();
+    std::iter::once(started)
+        .chain(moments)
+        .chain(std::iter::once(ended))
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|pair| pair[1] - pair[0] >= OUTAGE_AT_LEAST)
+        .map(|pair| Outage { from_s: since_start(pair[0]), to_s: since_start(pair[1]) })
+        .collect()
 }
 
 /// A progress bar on a terminal, a plain line every few seconds otherwise.
@@ -432,6 +460,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outages_are_the_gaps_between_acknowledgements() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let found = outages(&[at(100), at(300), at(2300), at(2400)], t0, at(3500));
+        let spans: Vec<(f64, f64)> = found.iter().map(|o| (o.from_s, o.to_s)).collect();
+        assert_eq!(spans, vec![(0.3, 2.3), (2.4, 3.5)]);
+        assert!(outages(&[], t0, at(200)).is_empty(), "a run shorter than an outage has none");
+        assert_eq!(outages(&[], t0, at(900)).len(), 1, "nothing acknowledged at all is an outage");
+    }
 
     #[test]
     fn durations_and_mixes_parse() {

@@ -22,7 +22,24 @@ pub struct Report {
     pub throughput_per_s: f64,
     /// Latency of acknowledged votes; in open loop, from when each vote was due.
     pub latency_ms: Percentiles,
+    /// The longest stretch with no vote acknowledged (0 when there was none of 500 ms).
+    pub longest_outage_s: f64,
+    /// Every stretch of at least 500 ms with no vote acknowledged, from the start of the run.
+    pub outages: Vec<Outage>,
     pub verify: Option<Verification>,
+}
+
+/// A stretch with no vote acknowledged, in seconds from the start of the run.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Outage {
+    pub from_s: f64,
+    pub to_s: f64,
+}
+
+impl Outage {
+    pub fn seconds(&self) -> f64 {
+        self.to_s - self.from_s
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -94,6 +111,11 @@ impl fmt::Display for Report {
         )?;
         writeln!(f, "throughput   {:.0} votes/s over {:.2} s", self.throughput_per_s, self.elapsed_s)?;
         writeln!(f, "latency ms   {}", self.latency_ms)?;
+        if !self.outages.is_empty() {
+            let spans: Vec<String> =
+                self.outages.iter().map(|o| format!("{:.1}–{:.1} s", o.from_s, o.to_s)).collect();
+            writeln!(f, "outages      longest {:.2} s: {}", self.longest_outage_s, spans.join(", "))?;
+        }
         if let Some(v) = &self.verify {
             writeln!(
                 f,

@@ -15,6 +15,7 @@ use serde::Serialize;
 use voting_core::Results;
 
 use super::Outcome;
+use super::connection::Connection;
 use super::report::Percentiles;
 
 /// What one voter's counted vote may be: one of `options`, or nothing if `none`.
@@ -139,9 +140,14 @@ pub struct Checker {
 }
 
 impl Checker {
-    pub async fn start(result_url: &str, mix: &[(String, u32)], follow_events: bool) -> anyhow::Result<Self> {
+    pub async fn start(
+        result_url: &str,
+        mix: &[(String, u32)],
+        follow_events: bool,
+        connection: &Connection,
+    ) -> anyhow::Result<Self> {
         let base = result_url.trim_end_matches('/').to_owned();
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+        let client = connection.client().timeout(Duration::from_secs(5)).build()?;
         let results_url = format!("{base}/api/results");
         let results = fetch(&client, &results_url).await.context("reading the results before the run")?;
         let positions = mix
@@ -155,7 +161,7 @@ impl Checker {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let baseline = positions.iter().map(|&p| results.options[p].votes as i64).collect();
-        let events = if follow_events { Some(follow(&base).await?) } else { None };
+        let events = if follow_events { Some(follow(&base, connection).await?) } else { None };
         Ok(Self { client, results_url, positions, baseline, events, baseline_total: results.total })
     }
 
@@ -190,11 +196,23 @@ impl Checker {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let converge_ms = load_ended.elapsed().as_millis() as u64;
-        let vote_to_screen_ms = self.events.take().and_then(|(events, task)| {
-            task.abort();
-            let events = events.lock().expect("events lock").clone();
-            vote_to_screen(acknowledged_at, &events, self.baseline_total)
-        });
+        let vote_to_screen_ms = match self.events.take() {
+            Some((events, task)) => {
+                // `/api/results` and `/events` may come from different replicas: give the
+                // stream a moment to show what the API already does.
+                let shown = self.baseline_total + acknowledged_at.len() as u64;
+                let caught_up =
+                    || events.lock().expect("events lock").last().is_some_and(|&(_, t)| t >= shown);
+                let wait_until = Instant::now() + Duration::from_secs(10);
+                while converged && !caught_up() && Instant::now() < wait_until {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                task.abort();
+                let events = events.lock().expect("events lock").clone();
+                vote_to_screen(acknowledged_at, &events, self.baseline_total)
+            }
+            None => None,
+        };
         Ok(Verification {
             expected: expectation.certain.iter().sum(),
             counted: counted.iter().sum(),
@@ -213,40 +231,65 @@ async fn fetch(client: &reqwest::Client, url: &str) -> anyhow::Result<Results> {
     Ok(response.json().await?)
 }
 
-/// Subscribes to `/events` and records each message; returns once the first arrived, so no
+/// Follows `/events` for the whole run and records each message, reconnecting when the stream
+/// ends (a result replica stopped, a proxy restarted) as a browser's EventSource does, so the
+/// log shows what an open result page showed. Returns once the first message arrived, so no
 /// vote of the run can be missed.
 async fn follow(
     base: &str,
-) -> anyhow::Result<(Arc<std::sync::Mutex<Vec<(Instant, u64)>>>, tokio::task::JoinHandle<()>)> {
-    let response = reqwest::Client::new().get(format!("{base}/events")).send().await?.error_for_status()?;
-    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    connection: &Connection,
+) -> anyhow::Result<(EventLog, tokio::task::JoinHandle<()>)> {
+    // No overall timeout (the stream is endless); the server's keep-alive comments every
+    // 15 s keep a healthy stream under the read timeout.
+    let client = connection
+        .client()
+        .connect_timeout(Duration::from_secs(3))
+        .read_timeout(Duration::from_secs(30))
+        .build()?;
+    let url = format!("{base}/events");
+    let events = EventLog::default();
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
     let recorded = events.clone();
     let task = tokio::spawn(async move {
         let mut first = Some(first_tx);
-        let mut stream = response.bytes_stream();
-        let mut buffer = String::new();
-        while let Some(Ok(chunk)) = stream.next().await {
-            let arrived = Instant::now();
-            buffer.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buffer.find("\n\n") {
-                let message: String = buffer.drain(..end + 2).collect();
-                let total = message
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .find_map(|json| serde_json::from_str::<Results>(json.trim()).ok())
-                    .map(|r| r.total);
-                if let Some(total) = total {
-                    recorded.lock().expect("events lock").push((arrived, total));
-                    if let Some(first) = first.take() {
-                        let _ = first.send(());
-                    }
-                }
+        loop {
+            match client.get(&url).send().await.and_then(reqwest::Response::error_for_status) {
+                Ok(response) => record_events(response, &recorded, &mut first).await,
+                Err(e) => tracing::debug!(error = %e, "event stream not available"),
             }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
     tokio::time::timeout(Duration::from_secs(5), first_rx).await.context("no first /events message")??;
     Ok((events, task))
+}
+
+/// Records the total of each message of one event stream until it ends.
+async fn record_events(
+    response: reqwest::Response,
+    recorded: &EventLog,
+    first: &mut Option<tokio::sync::oneshot::Sender<()>>,
+) {
+    let mut stream = response.bytes_stream();
+    let mut buffer = String::new();
+    while let Some(Ok(chunk)) = stream.next().await {
+        let arrived = Instant::now();
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let message: String = buffer.drain(..end + 2).collect();
+            let total = message
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .find_map(|json| serde_json::from_str::<Results>(json.trim()).ok())
+                .map(|r| r.total);
+            if let Some(total) = total {
+                recorded.lock().expect("events lock").push((arrived, total));
+                if let Some(first) = first.take() {
+                    let _ = first.send(());
+                }
+            }
+        }
+    }
 }
 
 /// Pairs the k-th acknowledgement with the first message whose total includes k votes of
