@@ -64,6 +64,8 @@ class RespConnection:
             self.execute("AUTH", password)
 
     def execute(self, *command: str | int) -> Reply:
+        """Raises RedisError on an error reply (the connection stays usable), OSError when the
+        connection fails or times out (it does not)."""
         self._socket.sendall(_encode(command))
         return self._read_reply()
 
@@ -144,7 +146,8 @@ def start(cluster: Cluster) -> None:
 
 
 def stop(cluster: Cluster) -> None:
-    # Sentinels first: the master going away must not start a failover on the way down.
+    """Stops every process of the tier; Sentinels first, so that the master going away does
+    not start a failover on the way down."""
     for node in topology.REDIS:
         cluster.host(node).stop("sentinel")
     cluster.host(PROXY).stop("haproxy")
@@ -222,7 +225,7 @@ def _spawn_redis(cluster: Cluster, node: Node, replica_of: Node | None) -> None:
     upstream = ["no", "one"] if replica_of is None else [replica_of.ip, str(Ports.REDIS)]
     host.spawn("redis", ["redis-server", str(_redis_conf(host)), "--replicaof", *upstream],
                user=_service_user("redis"), cwd=host.dir)
-    _wait_serving(host, "redis", lambda: _ask_redis(cluster, node, "PING"))
+    _wait_serving(host, "redis", lambda: _ask(cluster, node, Ports.REDIS, "PING"))
 
 
 def _spawn_sentinel(cluster: Cluster, node: Node) -> None:
@@ -230,7 +233,7 @@ def _spawn_sentinel(cluster: Cluster, node: Node) -> None:
     # `redis-server --sentinel` rather than `redis-sentinel`: Debian ships that one separately.
     host.spawn("sentinel", ["redis-server", str(_sentinel_conf(host)), "--sentinel"],
                user=_service_user("redis"), cwd=host.dir)
-    _wait_serving(host, "sentinel", lambda: _ask_sentinel(cluster, node, "PING"))
+    _wait_serving(host, "sentinel", lambda: _ask(cluster, node, Ports.SENTINEL, "PING"))
 
 
 def _spawn_haproxy(cluster: Cluster) -> None:
@@ -344,11 +347,12 @@ def roles(cluster: Cluster) -> dict[str, str]:
 def _role(replication: dict[str, str] | None) -> str:
     if replication is None:
         return "down"
-    return "replica" if replication.get("role") == "slave" else replication.get("role", "down")
+    return "replica" if replication.get("role") == "slave" else "master"
 
 
 def haproxy_routes_to(cluster: Cluster) -> str | None:
-    """The server HAProxy sends clients to; None if none is UP, or several (split brain)."""
+    """The server HAProxy sends clients to; None if none is UP, or several (haproxy.cfg then
+    turns clients away rather than pick one)."""
     routed = _routed()
     return routed[0] if len(routed) == 1 else None
 
@@ -370,20 +374,16 @@ def _redis_node(address: str) -> Node | None:
     return next((node for node in topology.REDIS if address in (node.ip, node.name)), None)
 
 
-def _ask_redis(cluster: Cluster, node: Node, *command: str | int) -> Reply:
-    with RespConnection(node.ip, Ports.REDIS, _password(cluster)) as connection:
-        return connection.execute(*command)
-
-
-def _ask_sentinel(cluster: Cluster, node: Node, *command: str | int) -> Reply:
-    with RespConnection(node.ip, Ports.SENTINEL, _password(cluster)) as connection:
+def _ask(cluster: Cluster, node: Node, port: int, *command: str | int) -> Reply:
+    """One command to `node`'s Redis (Ports.REDIS) or Sentinel (Ports.SENTINEL)."""
+    with RespConnection(node.ip, port, _password(cluster)) as connection:
         return connection.execute(*command)
 
 
 def _replication(cluster: Cluster, node: Node) -> dict[str, str] | None:
     """INFO replication of `node`, or None if it does not answer (dead, cut off, loading)."""
     try:
-        return _info_fields(str(_ask_redis(cluster, node, "INFO", "replication")))
+        return _info_fields(str(_ask(cluster, node, Ports.REDIS, "INFO", "replication")))
     except (OSError, RedisError):
         return None
 
@@ -395,16 +395,16 @@ def _in_sync_replicas(replication: dict[str, str]) -> list[dict[str, str]]:
 
 
 @dataclass(frozen=True)
-class SentinelView:
+class _SentinelView:
     master: str  # the address it hands out for the master
     flags: str  # "master", or with s_down, o_down, failover_in_progress…
     replicas_up: int
     other_sentinels: int
 
 
-def _sentinel_views(cluster: Cluster) -> dict[str, SentinelView | None]:
+def _sentinel_views(cluster: Cluster) -> dict[str, _SentinelView | None]:
     """Each Sentinel's view of the master, None for a Sentinel that does not answer."""
-    views: dict[str, SentinelView | None] = {}
+    views: dict[str, _SentinelView | None] = {}
     for node in topology.REDIS:
         try:
             views[node.name] = _sentinel_view(cluster, node)
@@ -413,12 +413,12 @@ def _sentinel_views(cluster: Cluster) -> dict[str, SentinelView | None]:
     return views
 
 
-def _sentinel_view(cluster: Cluster, node: Node) -> SentinelView:
+def _sentinel_view(cluster: Cluster, node: Node) -> _SentinelView:
     with RespConnection(node.ip, Ports.SENTINEL, _password(cluster)) as connection:
         master_fields = _pairs(connection.execute("SENTINEL", "MASTER", topology.REDIS_MASTER_NAME))
         replicas = connection.execute("SENTINEL", "REPLICAS", topology.REDIS_MASTER_NAME)
     replica_fields = [_pairs(replica) for replica in replicas] if isinstance(replicas, list) else []
-    return SentinelView(
+    return _SentinelView(
         master=master_fields["ip"],
         flags=master_fields["flags"],
         replicas_up=sum(1 for replica in replica_fields
@@ -473,7 +473,7 @@ def _replica_status(entry: dict[str, str], master_offset: int) -> str:
     return f"{replica.name if replica else entry.get('ip')} ({behind} B behind, acked {entry.get('lag')} s ago)"
 
 
-def _sentinel_status(name: str, view: SentinelView | None) -> str:
+def _sentinel_status(name: str, view: _SentinelView | None) -> str:
     if view is None:
         return f"sentinel on {name}: down"
     leader = _redis_node(view.master)
