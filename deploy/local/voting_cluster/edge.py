@@ -12,11 +12,12 @@ import hashlib
 import json
 import socket
 import ssl
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, cast
 
 from . import templates, topology
 from .cluster import Cluster
@@ -34,10 +35,18 @@ TRAEFIK_API_PORT = 8091
 # pebble-challtestsrv cannot switch its management API off (an empty address binds :80, which
 # Traefik needs), so it stays on loopback.
 CHALLTESTSRV_MANAGEMENT = "127.0.0.1:8055"
-# Per client address. A load test sends ~300 votes/s from this machine's single address; the
-# limit is there to be exercised, not to throttle the test.
+# Per client address, and a load test sends ~300 votes/s from this machine's single address:
+# generous enough for that, still there to be exercised.
 RATE_LIMIT_AVERAGE = 1000
 RATE_LIMIT_BURST = 2000
+
+# Traefik's API listens on the edge's loopback only, so it is asked from inside the edge's
+# namespace, by the Python running this module (curl is not among the cluster's dependencies).
+_PRINT_URL = """
+import sys, urllib.request
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+sys.stdout.write(opener.open(sys.argv[1], timeout=2).read().decode())
+"""
 
 STARTUP_TIMEOUT = 30
 ISSUANCE_TIMEOUT = 90
@@ -93,6 +102,10 @@ class EdgeFiles:
         return self.dir / "acme.json"
 
 
+# An X.509 name as the ssl module decodes it: relative distinguished names of (key, value).
+_X509Name = tuple[tuple[tuple[str, str], ...], ...]
+
+
 @dataclass(frozen=True)
 class ServedCertificate:
     """The certificate the edge presents for one host name, verified against Pebble's root."""
@@ -111,7 +124,7 @@ def start(cluster: Cluster, vote_backends: list[str], result_backends: list[str]
     Backends are base URLs such as `http://10.89.0.41:8080`.
     """
     edge = cluster.host(EDGE)
-    files = edge_files(cluster)
+    files = _files(cluster)
     _ensure_listener_certificate(files)
     _start_dns(edge)
     _start_pebble(edge, files)
@@ -119,28 +132,36 @@ def start(cluster: Cluster, vote_backends: list[str], result_backends: list[str]
     # A fresh Pebble has a fresh root and knows no account: whatever acme.json holds is void.
     files.acme_storage.unlink(missing_ok=True)
     _render_traefik_config(files, vote_backends, result_backends)
-    seconds = _start_traefik(edge, files)
+    started = time.monotonic()
+    _start_traefik(edge, files)
     print(f"edge: certificates for {', '.join(HOST_NAMES)} issued by Pebble and served "
-          f"{seconds:.1f} s after Traefik started", flush=True)
+          f"{time.monotonic() - started:.1f} s after Traefik started", flush=True)
 
 
 def stop(cluster: Cluster) -> None:
+    """Stops Traefik, Pebble and the DNS responder; their files stay for the next start."""
     edge = cluster.host(EDGE)
     for name in ("traefik", "pebble", "challtestsrv"):
         edge.stop(name)
 
 
 def restart_traefik(cluster: Cluster) -> float:
-    """Stops and starts Traefik on the same acme.json; seconds from its start until both hosts
-    serve HTTPS again."""
+    """Stops and starts Traefik on the same acme.json; seconds from the stop until both hosts
+    serve HTTPS again.
+
+    Only the certificates' fingerprints tell whether the stored ones were reused: a new issuance
+    would be served, and verified, just the same.
+    """
     edge = cluster.host(EDGE)
+    began = time.monotonic()
     edge.stop("traefik")
-    return _start_traefik(edge, edge_files(cluster))
+    _start_traefik(edge, _files(cluster))
+    return time.monotonic() - began
 
 
 def ca_bundle(cluster: Cluster) -> Path:
     """Pebble's issuing root as PEM: the CA a client of the edge (`voting load --ca-cert`) trusts."""
-    files = edge_files(cluster)
+    files = _files(cluster)
     if not files.issuing_root.exists():
         _save_issuing_root(files)
     return files.issuing_root
@@ -160,8 +181,9 @@ def result_url() -> str:
 
 
 def resolve_args() -> list[str]:
-    """`--resolve HOST:ADDR` for every public host name: no DNS on this machine knows them."""
-    return [arg for name in HOST_NAMES for arg in ("--resolve", f"{name}:{EDGE.ip}")]
+    """`HOST:ADDR` for every public host name, each the value of one `--resolve` (no DNS on
+    this machine knows the names)."""
+    return [f"{name}:{EDGE.ip}" for name in HOST_NAMES]
 
 
 def status_lines(cluster: Cluster) -> list[str]:
@@ -169,12 +191,12 @@ def status_lines(cluster: Cluster) -> list[str]:
     lines = [_process_line(edge, name) for name in ("challtestsrv", "pebble", "traefik")]
     if edge.alive("traefik"):
         lines.append(_ping_line())
-        lines += [_certificate_line(name, edge_files(cluster)) for name in HOST_NAMES]
+        lines += [_certificate_line(name, _files(cluster).issuing_root) for name in HOST_NAMES]
         lines += _backend_lines(edge)
     return lines
 
 
-def edge_files(cluster: Cluster) -> EdgeFiles:
+def _files(cluster: Cluster) -> EdgeFiles:
     return EdgeFiles(cluster.host(EDGE).dir)
 
 
@@ -208,12 +230,12 @@ def _start_dns(edge: Host) -> None:
     edge.spawn("challtestsrv", [
         "pebble-challtestsrv",
         "-defaultIPv4", EDGE.ip,
-        "-defaultIPv6", "",  # no AAAA answers: Pebble would try ::1 first
+        "-defaultIPv6", "",  # no AAAA answers (the default is ::1, which is not the edge)
         "-dns01", f"127.0.0.1:{Ports.DNS}",
         "-http01", "", "-https01", "", "-tlsalpn01", "",
         "-management", CHALLTESTSRV_MANAGEMENT,
     ])
-    _wait_while_running(edge, "challtestsrv", lambda: _listening(edge, "udp", Ports.DNS),
+    _wait_while_running(edge, "challtestsrv", lambda: _listening_udp(edge, Ports.DNS),
                         STARTUP_TIMEOUT, "pebble-challtestsrv to listen for DNS")
 
 
@@ -234,14 +256,14 @@ def _start_pebble(edge: Host, files: EdgeFiles) -> None:
         # exist to exercise client retries, here they only slow the cluster down.
         env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"},
     )
-    _wait_while_running(edge, "pebble", lambda: bool(_https_get(_acme_directory_url(), files.listener_ca)),
+    _wait_while_running(edge, "pebble", lambda: bool(_http_get(_acme_directory_url(), files.listener_ca)),
                         STARTUP_TIMEOUT, "Pebble's ACME directory")
 
 
 def _save_issuing_root(files: EdgeFiles) -> None:
     """Pebble makes a new root at every start: fetch the running one's from the management API."""
     url = f"https://{EDGE.ip}:{Ports.ACME_MANAGEMENT}/roots/0"
-    root = wait_until(lambda: _https_get(url, files.listener_ca), STARTUP_TIMEOUT, "Pebble's issuing root")
+    root = wait_until(lambda: _http_get(url, files.listener_ca), STARTUP_TIMEOUT, "Pebble's issuing root")
     files.issuing_root.write_bytes(root)
 
 
@@ -278,13 +300,11 @@ def _servers_yaml(backends: list[str]) -> str:
     return json.dumps([{"url": url} for url in backends])
 
 
-def _start_traefik(edge: Host, files: EdgeFiles) -> float:
-    """Starts Traefik; seconds until both host names serve certificates issued by Pebble."""
-    started = time.monotonic()
+def _start_traefik(edge: Host, files: EdgeFiles) -> None:
+    """Starts Traefik; returns once both host names serve certificates issued by Pebble."""
     edge.spawn("traefik", ["traefik", f"--configFile={files.traefik_config}"])
     _wait_while_running(edge, "traefik", lambda: _serving_certificates(files), ISSUANCE_TIMEOUT,
                         f"Traefik to serve Pebble-issued certificates for {', '.join(HOST_NAMES)}")
-    return time.monotonic() - started
 
 
 def _serving_certificates(files: EdgeFiles) -> bool:
@@ -300,10 +320,11 @@ def _fetch_certificate(host_name: str, trusted_root: Path) -> ServedCertificate:
     context = ssl.create_default_context(cafile=str(trusted_root))
     with socket.create_connection((EDGE.ip, Ports.HTTPS), timeout=PROBE_TIMEOUT) as connection:
         with context.wrap_socket(connection, server_hostname=host_name) as tls:
-            der = tls.getpeercert(binary_form=True)
-            fields = tls.getpeercert()
+            der, fields = tls.getpeercert(binary_form=True), tls.getpeercert()
+    if not der or not fields:  # only without verification, which this context requires
+        raise ssl.SSLError(f"{host_name}: the edge presented no certificate")
     digest = hashlib.sha256(der).hexdigest().upper()
-    issuer = dict(pair for rdn in fields["issuer"] for pair in rdn)
+    issuer = dict(pair for rdn in cast(_X509Name, fields["issuer"]) for pair in rdn)
     return ServedCertificate(
         sha256=":".join(digest[i:i + 2] for i in range(0, len(digest), 2)),
         serial=str(fields["serialNumber"]),
@@ -312,25 +333,26 @@ def _fetch_certificate(host_name: str, trusted_root: Path) -> ServedCertificate:
     )
 
 
-def _https_get(url: str, trusted_ca: Path) -> bytes:
-    context = ssl.create_default_context(cafile=str(trusted_ca))
+def _http_get(url: str, trusted_ca: Path | None = None) -> bytes:
     # No proxy from the environment: the cluster's addresses exist on this machine only.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
-                                         urllib.request.HTTPSHandler(context=context))
-    with opener.open(url, timeout=PROBE_TIMEOUT) as response:
-        return response.read()
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if trusted_ca is not None:
+        context = ssl.create_default_context(cafile=str(trusted_ca))
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    with urllib.request.build_opener(*handlers).open(url, timeout=PROBE_TIMEOUT) as response:
+        body: bytes = response.read()
+    return body
 
 
-def _listening(host: Host, protocol: str, port: int) -> bool:
-    flag = {"tcp": "-t", "udp": "-u"}[protocol]
-    return bool(host.run(["ss", "-H", "-l", "-n", flag, f"sport = :{port}"]).stdout.strip())
+def _listening_udp(host: Host, port: int) -> bool:
+    return bool(host.run(["ss", "-H", "-l", "-n", "-u", f"sport = :{port}"]).stdout.strip())
 
 
 def _wait_while_running(host: Host, name: str, ready: Callable[[], bool], timeout: float, what: str) -> None:
     """Polls `ready` like wait_until, but gives up at once if the process has exited meanwhile."""
-    exited = "exited"
-    outcome = wait_until(lambda: exited if not host.alive(name) else ready(), timeout, what)
-    if outcome == exited:
+    exited = object()  # truthy: ends the polling as readiness would
+    # Aliveness first: a dead server's probe only ever raises, which wait_until reads as "not yet".
+    if wait_until(lambda: exited if not host.alive(name) else ready(), timeout, what) is exited:
         raise RuntimeError(f"{host.name}/{name} exited while waiting for {what}; see {host.log_file(name)}")
 
 
@@ -342,18 +364,16 @@ def _process_line(edge: Host, name: str) -> str:
 
 
 def _ping_line() -> str:
-    url = f"http://{EDGE.ip}:{Ports.TRAEFIK_PING}/ping"
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(url, timeout=PROBE_TIMEOUT) as response:
-            return f"traefik ping: {response.read().decode().strip()}"
+        answer = _http_get(f"http://{EDGE.ip}:{Ports.TRAEFIK_PING}/ping").decode().strip()
     except OSError as error:
         return f"traefik ping: no answer ({error})"
+    return f"traefik ping: {answer}"
 
 
-def _certificate_line(host_name: str, files: EdgeFiles) -> str:
+def _certificate_line(host_name: str, issuing_root: Path) -> str:
     try:
-        certificate = _fetch_certificate(host_name, files.issuing_root)
+        certificate = _fetch_certificate(host_name, issuing_root)
     except OSError as error:  # ssl.SSLError included: not issued yet, or not by this Pebble
         return f"{host_name}: no certificate issued by Pebble ({error})"
     return (f"{host_name}: issued by {certificate.issuer}, serial {certificate.serial}, "
@@ -363,11 +383,14 @@ def _certificate_line(host_name: str, files: EdgeFiles) -> str:
 def _backend_lines(edge: Host) -> list[str]:
     """Each service's replicas, up or down as Traefik's health checks see them."""
     api = f"http://127.0.0.1:{TRAEFIK_API_PORT}/api/http/services"
-    answer = edge.run(["curl", "-sf", "--noproxy", "*", "--max-time", str(PROBE_TIMEOUT), api], check=False)
+    answer = edge.run([sys.executable, "-c", _PRINT_URL, api], check=False)
     if answer.returncode != 0:
-        return [f"traefik API: no answer (curl exited {answer.returncode})"]
-    return [
-        f"{service['name']}: " + ", ".join(f"{url} {state}" for url, state in sorted(service["serverStatus"].items()))
-        for service in json.loads(answer.stdout)
-        if service.get("provider") == "file" and "serverStatus" in service
-    ]
+        error = answer.stderr.strip().splitlines() or [f"exit status {answer.returncode}"]
+        return [f"traefik API: no answer ({error[-1]})"]
+    return [_service_line(service) for service in json.loads(answer.stdout)
+            if service.get("provider") == "file" and "serverStatus" in service]
+
+
+def _service_line(service: dict[str, Any]) -> str:
+    servers = sorted(service["serverStatus"].items())
+    return f"{service['name']}: " + ", ".join(f"{url} {state}" for url, state in servers)

@@ -176,7 +176,11 @@ def network_exists() -> bool:
 
 
 def partition(side_a: Iterable[Node], side_b: Iterable[Node]) -> None:
-    """Drops every packet between the two sides, both ways: a cut cable, not a refusal."""
+    """Drops every packet between the two sides, both ways: a cut cable, not a refusal.
+
+    Packets are dropped where they arrive (INPUT), never where they leave: dropping on OUTPUT
+    would fail the sender's call at once (EPERM), which no real network does.
+    """
     _filter("-A", list(side_a), list(side_b))
 
 
@@ -188,6 +192,5 @@ def _filter(action: str, side_a: list[Node], side_b: list[Node]) -> None:
     for this, others in ((side_a, side_b), (side_b, side_a)):
         for node in this:
             for other in others:
-                inside = ["ip", "netns", "exec", node.netns, "iptables", "-w"]
-                sh(inside + [action, "INPUT", "-s", other.ip, "-j", "DROP"], check=action == "-A")
-                sh(inside + [action, "OUTPUT", "-d", other.ip, "-j", "DROP"], check=action == "-A")
+                rule = ["INPUT", "-s", other.ip, "-j", "DROP"]
+                sh(["ip", "netns", "exec", node.netns, "iptables", "-w", action, *rule], check=action == "-A")
