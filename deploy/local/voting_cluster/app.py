@@ -7,9 +7,9 @@ import json
 import urllib.request
 from pathlib import Path
 
-from . import topology
+from . import redis_ha, topology
 from .cluster import Cluster
-from .hosts import Host, sh, wait_until
+from .hosts import Host, wait_until
 from .topology import APPS, Node, Ports
 
 BINARY = topology.REPO / "target" / "release" / "voting"
@@ -128,10 +128,21 @@ def results(cluster: Cluster) -> dict:
 
 def queue_lag(cluster: Cluster) -> str:
     """Votes queued but not yet counted, as the workers' consumer group sees it."""
-    url = _files(cluster)["REDIS_URL_FILE"].read_text().strip()
-    reply = sh(["redis-cli", "-u", url, "--no-auth-warning", "XINFO", "GROUPS", "votes"], check=False, timeout=5)
-    fields = reply.stdout.split()
-    group = dict(zip(fields[::2], fields[1::2]))
-    if reply.returncode != 0 or "pending" not in group:
-        return f"queue: unknown ({(reply.stderr or reply.stdout).strip() or 'no consumer group yet'})"
+    try:
+        groups = redis_ha.query(cluster, "XINFO", "GROUPS", "votes")
+    except (OSError, redis_ha.RedisError) as error:
+        return f"queue: unknown ({error})"
+    if not isinstance(groups, list) or not groups:
+        return "queue: no consumer group yet"
+    group = redis_ha.pairs(groups[0])
     return f"queue: {group.get('lag', '?')} not yet delivered, {group['pending']} delivered but not yet counted"
+
+
+def pending_of(cluster: Cluster, consumer_prefix: str) -> int:
+    """Votes delivered to a worker (by consumer-name prefix) and not yet acknowledged."""
+    consumers = redis_ha.query(cluster, "XINFO", "CONSUMERS", "votes", "workers")
+    for consumer in consumers if isinstance(consumers, list) else []:
+        fields = redis_ha.pairs(consumer)
+        if fields["name"].startswith(consumer_prefix):
+            return int(fields["pending"])
+    return 0

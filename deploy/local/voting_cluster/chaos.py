@@ -62,6 +62,10 @@ class Fault:
     # Checked when the load is over; each returns a failure message or None.
     checks: list[Callable[[], str | None]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Votes the failure held back out of sight, for this long: the result stream's totals
+    # cannot show a few missing votes while later ones keep arriving, so this is measured
+    # at the source (e.g. a killed worker's batch, until another worker claimed it).
+    held_back_s: float | None = None
 
 
 @dataclass
@@ -130,19 +134,23 @@ def kill_worker_mid_batch(cluster: Cluster, state: dict) -> Fault:
     host = cluster.host(node)
     consumer = f"{node.name}-worker-{host.pid('worker')}-"
     # Mid-batch: the worker holds delivered, not yet acknowledged votes.
-    wait_until(lambda: _pending_of(cluster, consumer) > 0, 30, "the worker to hold a batch", interval=0.005)
-    pending = _pending_of(cluster, consumer)
+    wait_until(lambda: app.pending_of(cluster, consumer) > 0, 30, "the worker to hold a batch", interval=0.005)
+    pending = app.pending_of(cluster, consumer)
     host.kill("worker")
+    killed = time.monotonic()
+    fault = Fault(recovered=lambda: False,
+                  notes=[f"killed the {node.name} worker holding {pending} votes; the other worker claimed them"])
 
     def claimed_then_restarted() -> bool:
-        if _pending_of(cluster, consumer) > 0:
-            return False
-        if not host.alive("worker"):
+        if fault.held_back_s is None:
+            if app.pending_of(cluster, consumer) > 0:
+                return False
+            fault.held_back_s = time.monotonic() - killed
             app.start_service(cluster, node, "worker")
         return app.health(host, "worker")[0] == 200
 
-    return Fault(recovered=claimed_then_restarted,
-                 notes=[f"killed {node.name} worker holding {pending} votes; the other worker claimed them"])
+    fault.recovered = claimed_then_restarted
+    return fault
 
 
 def kill_vote_replica(cluster: Cluster, state: dict) -> Fault:
@@ -205,18 +213,6 @@ def _pgpool_routes_to_new_primary(cluster: Cluster, old: Node) -> bool:
         return False
     return any(n.get("role") == "primary" and n.get("hostname") == new.ip and n.get("status") in ("up", "waiting")
                for n in postgres_ha.pool_nodes(cluster))
-
-
-def _pending_of(cluster: Cluster, consumer_prefix: str) -> int:
-    url = (cluster.root / "app" / "redis_url").read_text().strip()
-    reply = hosts.sh(["redis-cli", "-u", url, "--no-auth-warning", "XINFO", "CONSUMERS", "votes", "workers"],
-                     timeout=5)
-    fields = reply.stdout.split()
-    for i, value in enumerate(fields[:-3]):
-        if value == "name" and fields[i + 1].startswith(consumer_prefix):
-            entry = dict(zip(fields[i::2], fields[i + 1::2]))
-            return int(entry.get("pending", 0))
-    return 0
 
 
 def _kill_and_restart(cluster: Cluster, node: Node, service: str) -> Fault:
@@ -294,11 +290,11 @@ def run_scenario(cluster: Cluster, scenario: Scenario, state: dict, rate: float,
         return row
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / f"{scenario.name}.json").write_text(json.dumps(report, indent=2))
-    _fill(row, report, scenario)
+    _fill(row, report, scenario, fault.held_back_s)
     return row
 
 
-def _fill(row: Row, report: dict, scenario: Scenario) -> None:
+def _fill(row: Row, report: dict, scenario: Scenario, held_back_s: float | None) -> None:
     verify = report.get("verify") or {}
     row.acknowledged = report["acknowledged"]
     row.counted = verify.get("counted", 0)
@@ -306,6 +302,8 @@ def _fill(row: Row, report: dict, scenario: Scenario) -> None:
     row.outage_s = report["longest_outage_s"]
     screen = verify.get("vote_to_screen_ms")
     row.staleness_s = screen["max"] / 1000 if screen else None
+    if row.staleness_s is not None and held_back_s is not None:
+        row.staleness_s = max(row.staleness_s, held_back_s)
     if not verify.get("converged"):
         row.failures.append("the results never matched what was acknowledged")
     if row.lost or row.extra:

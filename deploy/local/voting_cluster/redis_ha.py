@@ -374,6 +374,17 @@ def _redis_node(address: str) -> Node | None:
     return next((node for node in topology.REDIS if address in (node.ip, node.name)), None)
 
 
+def query(cluster: Cluster, *command: str | int) -> Reply:
+    """One command to whichever node is master, through HAProxy, as the services send it."""
+    with RespConnection(topology.REDIS_PROXY.ip, topology.Ports.REDIS, _password(cluster)) as connection:
+        return connection.execute(*command)
+
+
+def pairs(reply: Reply) -> dict[str, str]:
+    """A flat [key, value, …] reply (XINFO, SENTINEL MASTER) as a dict."""
+    return _pairs(reply)
+
+
 def _ask(cluster: Cluster, node: Node, port: int, *command: str | int) -> Reply:
     """One command to `node`'s Redis (Ports.REDIS) or Sentinel (Ports.SENTINEL)."""
     with RespConnection(node.ip, port, _password(cluster)) as connection:
