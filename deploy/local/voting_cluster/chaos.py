@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -133,9 +134,8 @@ def kill_worker_mid_batch(cluster: Cluster, state: dict) -> Fault:
     node = APPS[0]
     host = cluster.host(node)
     consumer = f"{node.name}-worker-{host.pid('worker')}-"
-    # Mid-batch: the worker holds delivered, not yet acknowledged votes.
-    wait_until(lambda: app.pending_of(cluster, consumer) > 0, 30, "the worker to hold a batch", interval=0.005)
-    pending = app.pending_of(cluster, consumer)
+    pending = wait_until(lambda: _freeze_holding_votes(cluster, host, consumer), 30,
+                         "the worker to be caught holding a batch", interval=0.005)
     host.kill("worker")
     killed = time.monotonic()
     fault = Fault(recovered=lambda: False,
@@ -213,6 +213,22 @@ def _pgpool_routes_to_new_primary(cluster: Cluster, old: Node) -> bool:
         return False
     return any(n.get("role") == "primary" and n.get("hostname") == new.ip and n.get("status") in ("up", "waiting")
                for n in postgres_ha.pool_nodes(cluster))
+
+
+def _freeze_holding_votes(cluster: Cluster, host: hosts.Host, consumer: str) -> int:
+    """Stops the worker (SIGSTOP) while it holds delivered, unacknowledged votes: mid-batch.
+
+    A batch takes milliseconds, so seeing votes pending and then killing could miss it; a
+    stopped worker cannot acknowledge in between. Returns how many it holds, or 0 (and lets
+    it run on) if it held none at the moment it stopped.
+    """
+    if app.pending_of(cluster, consumer) == 0:
+        return 0
+    host.kill("worker", signal.SIGSTOP)
+    held = app.pending_of(cluster, consumer)
+    if held == 0:
+        host.kill("worker", signal.SIGCONT)
+    return held
 
 
 def _kill_and_restart(cluster: Cluster, node: Node, service: str) -> Fault:
