@@ -21,6 +21,7 @@ fn plan(vote_url: &str, result_url: &str, votes: u64, voters: Option<u64>) -> Lo
         timeout: Duration::from_secs(10),
         verify: Some(result_url.to_owned()),
         verify_timeout: Duration::from_secs(60),
+        connection: Default::default(),
         progress_bar: false,
     }
 }
@@ -102,4 +103,33 @@ async fn the_load_command_verifies_voting_up_and_exits_zero() {
     assert_eq!(report["verify"]["extra"], 0);
     assert_eq!(report["verify"]["expected"], 2_000);
     up.process.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_during_the_run_is_reported_where_it_happened_and_loses_nothing() {
+    let mut system = TestSystem::start().await;
+    let mut plan = plan(&system.vote_url, &system.result_url, 0, None);
+    (plan.votes, plan.duration, plan.rate) = (None, Some(Duration::from_secs(4)), Some(200.0));
+    let load = tokio::spawn(voting::load::run(plan));
+
+    // The failure is scheduled into the run: about 1 s of votes before it, 2 s after.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    system.redis.kill();
+    let down_for = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::task::block_in_place(|| system.redis.restart()).unwrap();
+    let down_for = down_for.elapsed().as_secs_f64();
+
+    let report = load.await.unwrap().unwrap();
+    println!("{report}");
+    let verify = report.verify.as_ref().unwrap();
+    assert_eq!((verify.lost, verify.extra), (0, 0), "refused votes are not counted, acknowledged ones are");
+    assert!(report.refused > 0, "votes were refused while Redis was down");
+    let outage = report.outages.iter().find(|o| o.seconds() >= 0.5).expect("the outage is reported");
+    assert!((0.5..2.0).contains(&outage.from_s), "it began when Redis died: {outage:?}");
+    assert!(
+        outage.seconds() >= down_for * 0.8,
+        "it lasted as long as Redis was down ({down_for:.2} s): {outage:?}"
+    );
+    assert_eq!(report.longest_outage_s, outage.seconds());
 }
