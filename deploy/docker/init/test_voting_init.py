@@ -1,0 +1,205 @@
+"""Tests of voting-init, the start step of the official-image containers: rendering, secret
+files, and the role a Redis node takes. Runs the script with /bin/sh and a fake redis-cli.
+
+    python3 -m unittest discover -s deploy/docker/init
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import textwrap
+import unittest
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parent / "voting-init"
+DEPLOY = Path(__file__).resolve().parents[2]
+
+# A redis-cli that answers from the environment: FAKE_<host> is the Sentinel's answer to
+# get-master-addr-by-name, FAKE_ROLE_<host> a node's role; no variable, no answer.
+FAKE_REDIS_CLI = textwrap.dedent("""\
+    #!/bin/sh
+    host=""
+    while [ $# -gt 0 ]; do
+        case "$1" in -h) host=$2; shift 2 ;; -p) shift 2 ;; --no-auth-warning) shift ;; *) break ;; esac
+    done
+    key=$(echo "$host" | tr 'a-z-' 'A-Z_')
+    [ "$REDISCLI_AUTH" = secret ] || { echo "NOAUTH"; exit 1; }
+    if [ "$1" = SENTINEL ] && [ "$2" = master ]; then
+        eval "slaves=\\${FAKE_SLAVES_$key:-}"
+        [ -n "$slaves" ] || exit 1
+        printf 'name\\r\\nvoting\\r\\nnum-slaves\\r\\n%s\\r\\nquorum\\r\\n2\\r\\n' "$slaves"
+    elif [ "$1" = SENTINEL ]; then
+        eval "answer=\\${FAKE_$key:-}"
+        [ -n "$answer" ] || exit 1
+        printf '%s\\r\\n6379\\r\\n' "$answer"
+    else
+        eval "role=\\${FAKE_ROLE_$key:-}"
+        [ -n "$role" ] || exit 1
+        printf '# Replication\\r\\nrole:%s\\r\\n' "$role"
+    fi
+""")
+
+# A redis-server that prints its arguments instead of running.
+FAKE_REDIS_SERVER = "#!/bin/sh\necho \"redis-server $*\"\n"
+
+
+class Tool(unittest.TestCase):
+    def setUp(self):
+        self.dir = Path(tempfile.mkdtemp())
+        bin_dir = self.dir / "bin"
+        bin_dir.mkdir()
+        for name, text in (("redis-cli", FAKE_REDIS_CLI), ("redis-server", FAKE_REDIS_SERVER)):
+            (bin_dir / name).write_text(text)
+            (bin_dir / name).chmod(0o755)
+        self.env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+
+    def tearDown(self):
+        subprocess.run(["rm", "-rf", str(self.dir)], check=True)
+
+    def run_init(self, *args: str, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["sh", str(SCRIPT), *args], env={**self.env, **env}, text=True,
+                              capture_output=True, timeout=30)
+
+
+class Render(Tool):
+    def test_placeholders_are_filled_from_the_environment_and_the_command_runs(self):
+        template = self.dir / "t.conf"
+        template.write_text("a ${ALPHA} b ${BETA_2} $KEEP ${lower} ${ALPHA}\n")
+        out = self.dir / "out" / "t.conf"
+        result = self.run_init("render", f"{template}:{out}", "--", "cat", str(out), ALPHA="x&y/z", BETA_2="")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout, "a x&y/z b  $KEEP ${lower} x&y/z\n")
+        self.assertEqual(out.stat().st_mode & 0o777, 0o600)
+
+    def test_a_placeholder_without_a_value_fails_and_writes_nothing(self):
+        template = self.dir / "t.conf"
+        template.write_text("${MISSING}\n")
+        out = self.dir / "t.out"
+        result = self.run_init("render", f"{template}:{out}", "--", "true")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("no value for MISSING", result.stderr)
+        self.assertFalse(out.exists())
+
+    def test_secret_files_are_read_into_their_variable_without_the_newline(self):
+        secret = self.dir / "secret"
+        secret.write_text("p@ss w'rd\n")
+        template = self.dir / "t.conf"
+        template.write_text("requirepass ${REDIS_PASSWORD}\n")
+        out = self.dir / "t.out"
+        result = self.run_init("render", f"{template}:{out}", "--", "cat", str(out), REDIS_PASSWORD_FILE=str(secret))
+        self.assertEqual(result.stdout, "requirepass p@ss w'rd\n", result.stderr)
+
+    def test_every_placeholder_of_the_official_image_templates_is_known(self):
+        """The variables the stack sets for each template (deploy/swarm/stack.yml)."""
+        known = {
+            "redis/redis.conf": {"REDIS_PORT", "REDIS_PASSWORD", "REDIS_ANNOUNCE_HOST", "REDIS_DATA_DIR"},
+            "redis/sentinel.conf": {"SENTINEL_PORT", "REDIS_PASSWORD", "SENTINEL_ANNOUNCE_HOST",
+                                    "REDIS_MASTER_HOST", "REDIS_PORT"},
+            "haproxy/haproxy.cfg": {"REDIS_PORT", "REDIS_PASSWORD", "REDIS_1_HOST", "REDIS_2_HOST",
+                                    "REDIS_3_HOST", "HAPROXY_STATS_PORT"},
+            "traefik/traefik.yml": {"ACME_EMAIL", "ACME_STORAGE", "ACME_CA_SERVER", "ACME_CA_CERTIFICATES",
+                                    "TRAEFIK_DYNAMIC_DIR", "TRAEFIK_PING_PORT", "TRAEFIK_API_PORT"},
+            "traefik/dynamic/middlewares.yml": {"RATE_LIMIT_AVERAGE", "RATE_LIMIT_BURST"},
+        }
+        import re
+        for path, names in known.items():
+            found = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)\}", (DEPLOY / path).read_text()))
+            self.assertLessEqual(found, names, path)
+
+
+class RedisRole(Tool):
+    COMMON = {"REDIS_NODES": "redis-1,redis-2,redis-3", "SENTINELS": "sentinel-1,sentinel-2,sentinel-3",
+              "REDIS_PASSWORD": "secret", "DECIDE_TIMEOUT": "2",
+              "REDIS_TEMPLATE": str(DEPLOY / "redis" / "redis.conf")}
+
+    def start(self, node: str, **answers: str) -> subprocess.CompletedProcess:
+        data = self.dir / "data"
+        data.mkdir(exist_ok=True)
+        return self.run_init("redis", REDIS_NODE=node, REDIS_DATA_DIR=str(data), **self.COMMON, **answers)
+
+    def test_a_fresh_deployment_takes_the_initial_roles(self):
+        self.assertIn("--replicaof no one", self.start("redis-1").stdout)
+        self.assertIn("--replicaof redis-1 6379", self.start("redis-3").stdout)
+
+    def test_a_node_follows_the_master_a_majority_of_sentinels_names(self):
+        result = self.start("redis-1", FAKE_SENTINEL_1="redis-2", FAKE_SENTINEL_2="redis-2", FAKE_SENTINEL_3="redis-1")
+        self.assertIn("--replicaof redis-2 6379", result.stdout, result.stderr)
+
+    def test_a_dead_master_never_restarts_as_master_while_a_replica_can_take_over(self):
+        result = self.start("redis-1", FAKE_SENTINEL_1="redis-1", FAKE_SENTINEL_2="redis-1",
+                            FAKE_SLAVES_SENTINEL_1="2", FAKE_ROLE_REDIS_2="slave")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertNotIn("redis-server", result.stdout)
+        self.assertIn("no decision", result.stderr)
+
+    def test_the_initial_master_starts_when_the_sentinels_never_saw_a_replica(self):
+        # A fresh deployment where the Sentinels and replicas came up first: no failover can
+        # happen, so waiting for one would wait forever.
+        result = self.start("redis-1", FAKE_SENTINEL_1="redis-1", FAKE_SENTINEL_2="redis-1",
+                            FAKE_SENTINEL_3="redis-1", FAKE_SLAVES_SENTINEL_1="0",
+                            FAKE_ROLE_REDIS_2="slave", FAKE_ROLE_REDIS_3="slave")
+        self.assertIn("--replicaof no one", result.stdout, result.stderr)
+
+    def test_the_named_master_restarts_as_master_when_no_replica_answers(self):
+        result = self.start("redis-1", FAKE_SENTINEL_1="redis-1", FAKE_SENTINEL_2="redis-1")
+        self.assertIn("--replicaof no one", result.stdout, result.stderr)
+
+    def test_without_sentinels_a_node_follows_the_one_master_among_the_nodes(self):
+        # The Sentinels are busy or restarting: a node that answers as master is asked instead.
+        result = self.start("redis-1", FAKE_ROLE_REDIS_2="slave", FAKE_ROLE_REDIS_3="master")
+        self.assertIn("--replicaof redis-3 6379", result.stdout, result.stderr)
+
+    def test_without_sentinels_the_initial_master_waits_while_replicas_answer(self):
+        # Never the initial roles while other nodes hold data and roles of their own.
+        result = self.start("redis-1", FAKE_ROLE_REDIS_2="slave", FAKE_ROLE_REDIS_3="slave")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertNotIn("redis-server", result.stdout)
+
+    def test_sentinels_without_a_majority_get_no_guess(self):
+        result = self.start("redis-3", FAKE_SENTINEL_1="redis-1", FAKE_SENTINEL_2="redis-2")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertNotIn("redis-server", result.stdout)
+
+    def test_the_rendered_file_announces_the_node_by_name(self):
+        self.start("redis-2")
+        conf = (self.dir / "data" / "redis.conf").read_text()
+        self.assertIn("replica-announce-ip redis-2", conf)
+        self.assertIn("requirepass secret", conf)
+
+    def test_a_sentinel_monitors_the_master_the_others_name(self):
+        data = self.dir / "data"
+        data.mkdir()
+        result = self.run_init("sentinel", SENTINEL_NODE="sentinel-1", REDIS_DATA_DIR=str(data),
+                               SENTINEL_TEMPLATE=str(DEPLOY / "redis" / "sentinel.conf"),
+                               FAKE_SENTINEL_2="redis-3", FAKE_SENTINEL_3="redis-3", **self.COMMON)
+        self.assertIn("--sentinel", result.stdout, result.stderr)
+        self.assertIn("sentinel monitor voting redis-3 6379 2", (data / "sentinel.conf").read_text())
+
+
+class Traefik(Tool):
+    def test_the_providers_block_goes_under_providers(self):
+        bin_dir = self.dir / "bin"
+        (bin_dir / "traefik").write_text("#!/bin/sh\necho \"traefik $*\"\n")
+        (bin_dir / "traefik").chmod(0o755)
+        providers = self.dir / "providers.yml"
+        providers.write_text("  swarm:\n    endpoint: \"${SWARM_ENDPOINT}\"\n")
+        run = self.dir / "run"
+        result = self.run_init(
+            "traefik", TRAEFIK_TEMPLATE=str(DEPLOY / "traefik" / "traefik.yml"),
+            TRAEFIK_TEMPLATE_DYNAMIC_DIR=str(DEPLOY / "traefik" / "dynamic"), TRAEFIK_RUN_DIR=str(run),
+            TRAEFIK_PROVIDERS=str(providers), SWARM_ENDPOINT="tcp://socket-proxy:2375",
+            ACME_EMAIL="a@b.c", ACME_STORAGE=str(self.dir / "acme" / "acme.json"), ACME_CA_SERVER="https://ca/dir",
+            ACME_CA_CERTIFICATES="/etc/ssl/certs/ca-certificates.crt", TRAEFIK_PING_PORT="8090",
+            TRAEFIK_API_PORT="8091", RATE_LIMIT_AVERAGE="100", RATE_LIMIT_BURST="200",
+            VOTE_HOST="v", RESULT_HOST="r", VOTE_SERVERS="[]", RESULT_SERVERS="[]")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(f"--configFile={run}/traefik.yml", result.stdout)
+        text = (run / "traefik.yml").read_text()
+        self.assertIn("providers:\n  swarm:\n    endpoint: \"tcp://socket-proxy:2375\"\n  file:", text)
+        self.assertTrue((run / "dynamic" / "middlewares.yml").exists())
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,611 @@
+#!/usr/bin/env python3
+"""Entrypoint of the PostgreSQL + repmgr image: brings up one node of the voting cluster.
+
+A node decides what it is from what it holds and what the other nodes say, asked over the
+network each time it starts:
+
+| its data directory | the other nodes                                  | it                         |
+|--------------------|--------------------------------------------------|----------------------------|
+| empty              | one of them is primary                           | clones it, registers as standby |
+| empty              | none answers, and this is the initial primary    | initialises the cluster    |
+| empty              | anything else                                    | waits                      |
+| holds data         | one of them is primary                           | `repmgr node rejoin --force-rewind` onto it: a standby again, whatever it was before |
+| holds data, was a standby | no primary                                | starts as a standby (repmgrd picks a primary) |
+| holds data, was primary   | no primary; a majority of the nodes (itself included) answer, none names another primary, and the grace period is over | starts as primary (a cold start of the whole cluster) |
+| holds data, was primary   | anything else                             | waits                      |
+
+So a killed primary that Swarm restarts never comes back as a second primary: by then repmgrd
+has promoted a standby (it decides after 3 x 1 s), the restarted node sees it and rejoins; if
+it came back faster than that, it waits the grace period out, sees the promotion and rejoins.
+Two primaries visible at once (never made here) is left to an operator: the node waits.
+
+The decision (`decide`) is a pure function of those facts and is unit-tested
+(`python3 -m unittest discover -s deploy/docker/postgres`); everything else carries it out
+with PostgreSQL's and repmgr's own tools. PostgreSQL then runs detached (repmgr stops and
+starts it on follow and rejoin), repmgrd runs in the foreground (started again whenever it
+exits: on a standby it refuses to start while no primary is up), and this process supervises
+both: it exits, stopping repmgrd and then PostgreSQL cleanly, on SIGTERM, or when PostgreSQL
+stays down; the orchestrator restarts the container and the node decides again.
+
+Configuration (environment; every `*_PASSWORD` also as `*_PASSWORD_FILE`, a Docker secret):
+  NODE_ID                  repmgr node id, 1..n, unique
+  NODE_NAME                this node's name: its host name on the network, repmgr node_name
+                           and application_name (synchronous_standby_names, Pgpool-II)
+  NODES                    every node's name, comma-separated, in node-id order (pg-1,pg-2,pg-3)
+  INITIAL_PRIMARY          the node that initialises an empty cluster (default: the first)
+  DATABASE, DATABASE_USER  the application's database and role (created at initialisation)
+  POSTGRES_PASSWORD        the `postgres` superuser's (Pgpool-II's checks use it)
+  REPMGR_PASSWORD          repmgr's (replication, clone, rewind)
+  DATABASE_PASSWORD        the application role's
+  CLUSTER_SUBNET           pg_hba.conf's client address (default `samenet`: the networks this
+                           container is attached to)
+  TEMPLATE_DIR             deploy/postgres/ as mounted (default /etc/voting/postgres)
+  PGDATA                   data directory (default /var/lib/postgresql/data/pgdata: a
+                           subdirectory of the volume, so a failed clone can be wiped)
+  PRIMARY_GRACE_SECONDS    how long a former primary waits for a promotion before it starts
+                           as primary again (default 15)
+  DECIDE_TIMEOUT_SECONDS   how long to wait for a decision before giving up (default 600)
+
+Only modules of python3-minimal are imported: the image installs nothing more.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Callable, Mapping, NamedTuple, Optional, Sequence
+
+PG_BIN = "/usr/lib/postgresql/15/bin"
+PORT = 5432
+SERVICE_USER = "postgres"
+
+# -- the decision (pure) ------------------------------------------------------------------
+
+UNREACHABLE = "unreachable"  # no TCP connection: down, not resolvable, cut off
+UNKNOWN = "unknown"  # answers, but could not be asked (starting up, no repmgr database yet)
+PRIMARY = "primary"
+STANDBY = "standby"
+
+
+class Peer(NamedTuple):
+    """Another node as this one sees it."""
+
+    name: str
+    state: str
+    # The primary named by the node's repmgr metadata (repmgr.nodes), when it could be read.
+    recorded_primary: Optional[str] = None
+
+
+class Local(NamedTuple):
+    """This node, as its data directory says."""
+
+    name: str
+    initial_primary: bool
+    has_data: bool
+    was_primary: bool  # no standby.signal: it last ran as primary
+
+
+class Decision(NamedTuple):
+    action: str  # one of the constants below
+    reason: str
+    primary: Optional[str] = None  # the node to clone from or rejoin
+
+
+INIT_PRIMARY = "init-primary"
+CLONE = "clone"
+REJOIN = "rejoin"
+START_STANDBY = "start-standby"
+START_PRIMARY = "start-primary"
+WAIT = "wait"
+
+
+def majority(nodes: int) -> int:
+    return nodes // 2 + 1
+
+
+def decide(local: Local, peers: Sequence[Peer], waited: float, grace: float) -> Decision:
+    """What `local` does next, given what `peers` answered and how long it has waited so far."""
+    primaries = sorted(peer.name for peer in peers if peer.state == PRIMARY)
+    if len(primaries) > 1:
+        return Decision(WAIT, f"several nodes say they are primary ({', '.join(primaries)}): "
+                              "waiting for an operator or repmgrd to leave one")
+    if primaries:
+        primary = primaries[0]
+        if not local.has_data:
+            return Decision(CLONE, f"{primary} is primary and this node has no data", primary)
+        return Decision(REJOIN, f"{primary} is primary: joining it as a standby", primary)
+
+    if not local.has_data:
+        if local.initial_primary and all(peer.state == UNREACHABLE for peer in peers):
+            return Decision(INIT_PRIMARY, "no data, no other node answers, and this is the initial primary")
+        return Decision(WAIT, "no data and no primary to clone from yet")
+
+    if not local.was_primary:
+        return Decision(START_STANDBY, "no primary answers: starting as a standby, repmgrd elects one")
+
+    others = sorted({peer.recorded_primary for peer in peers
+                     if peer.recorded_primary and peer.recorded_primary != local.name})
+    if others:
+        return Decision(WAIT, f"this node was primary, but {', '.join(others)} is the primary on record: "
+                              "waiting for it to come back")
+    agreeing = sum(1 for peer in peers if peer.state == STANDBY and peer.recorded_primary == local.name)
+    needed = majority(len(peers) + 1)
+    if 1 + agreeing < needed:
+        return Decision(WAIT, f"this node was primary; {1 + agreeing} of the {needed} nodes needed "
+                              "to start it as primary again answer")
+    if waited < grace:
+        return Decision(WAIT, f"this node was primary; giving repmgrd {grace - waited:.0f} s more "
+                              "to promote a standby before starting as primary")
+    return Decision(START_PRIMARY, f"this node was primary and {1 + agreeing} nodes agree: "
+                                   "nobody was promoted in its absence")
+
+
+# -- pure helpers -------------------------------------------------------------------------
+
+_PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
+
+
+def render_text(text: str, values: Mapping[str, object], source: str = "<text>") -> str:
+    """`${NAME}` placeholders, nothing else, as envsubst and the local cluster render them; a
+    placeholder without a value is an error, never an empty string."""
+    missing = sorted({name for name in _PLACEHOLDER.findall(text) if name not in values})
+    if missing:
+        raise KeyError(f"{source}: no value for {', '.join(missing)}")
+    return _PLACEHOLDER.sub(lambda match: str(values[match.group(1)]), text)
+
+
+def parse_probe(output: str) -> tuple[str, Optional[str]]:
+    """psql -At output of PROBE_QUERY: (state, recorded primary)."""
+    fields = output.strip().split("|")
+    if len(fields) != 2 or fields[0] not in ("t", "f"):
+        return UNKNOWN, None
+    return (STANDBY if fields[0] == "t" else PRIMARY), (fields[1] or None)
+
+
+PROBE_QUERY = ("SELECT pg_is_in_recovery(), "
+               "(SELECT node_name FROM repmgr.nodes WHERE type = 'primary' AND active ORDER BY node_id LIMIT 1)")
+
+
+def cluster_state(controldata: str) -> str:
+    """`Database cluster state` from pg_controldata's output ("shut down", "in production", …)."""
+    match = re.search(r"^Database cluster state:\s*(.+?)\s*$", controldata, re.MULTILINE)
+    return match.group(1) if match else "unknown"
+
+
+def shut_down_cleanly(state: str) -> bool:
+    return state in ("shut down", "shut down in recovery")
+
+
+def sql_literal(value: str) -> str:
+    """A string constant for SQL (standard_conforming_strings is on): quotes doubled."""
+    if "\0" in value:
+        raise ValueError("a NUL byte cannot be part of a PostgreSQL string")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sql_identifier(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"'
+
+
+def pgpass_line(host: str, database: str, user: str, password: str) -> str:
+    def field(value: str) -> str:
+        return value.replace("\\", "\\\\").replace(":", "\\:")
+    return ":".join([field(host), "*", field(database), field(user), field(password)])
+
+
+def bootstrap_sql(database: str, user: str, repmgr_password: str, database_password: str) -> str:
+    """Roles and databases of a new cluster (the postgres password is set by initdb)."""
+    return "\n".join([
+        f"CREATE ROLE repmgr LOGIN SUPERUSER REPLICATION PASSWORD {sql_literal(repmgr_password)};",
+        "CREATE DATABASE repmgr OWNER repmgr;",
+        f"CREATE ROLE {sql_identifier(user)} LOGIN PASSWORD {sql_literal(database_password)};",
+        f"CREATE DATABASE {sql_identifier(database)} OWNER {sql_identifier(user)};",
+        "",
+    ])
+
+
+class Settings(NamedTuple):
+    node_id: int
+    name: str
+    nodes: tuple[str, ...]
+    initial_primary: str
+    database: str
+    database_user: str
+    postgres_password: str
+    repmgr_password: str
+    database_password: str
+    cluster_subnet: str
+    template_dir: str
+    data_dir: str
+    run_dir: str
+    socket_dir: str
+    primary_grace: float
+    decide_timeout: float
+
+    @property
+    def peers(self) -> tuple[str, ...]:
+        return tuple(node for node in self.nodes if node != self.name)
+
+    @property
+    def repmgr_conf(self) -> str:
+        return os.path.join(self.run_dir, "repmgr.conf")
+
+    @property
+    def passfile(self) -> str:
+        return os.path.join(self.run_dir, "pgpass")
+
+
+def secret(env: Mapping[str, str], name: str) -> str:
+    """NAME, or the content of the file NAME_FILE names (which wins), without the trailing newline."""
+    path = env.get(f"{name}_FILE")
+    if path:
+        with open(path, encoding="utf-8") as file:
+            value = file.read().rstrip("\r\n")
+    else:
+        value = env.get(name, "")
+    if not value:
+        raise ValueError(f"{name} (or {name}_FILE) is required")
+    return value
+
+
+def settings_from(env: Mapping[str, str]) -> Settings:
+    def required(name: str) -> str:
+        value = env.get(name, "").strip()
+        if not value:
+            raise ValueError(f"{name} is required")
+        return value
+
+    nodes = tuple(node.strip() for node in required("NODES").split(",") if node.strip())
+    name = required("NODE_NAME")
+    if name not in nodes:
+        raise ValueError(f"NODE_NAME {name!r} is not one of NODES ({', '.join(nodes)})")
+    if len(nodes) != 3:
+        # postgresql.conf's synchronous_standby_names and pgpool.conf name exactly three nodes.
+        raise ValueError(f"NODES names {len(nodes)} nodes; the configuration templates are for 3")
+    initial = env.get("INITIAL_PRIMARY", "").strip() or nodes[0]
+    if initial not in nodes:
+        raise ValueError(f"INITIAL_PRIMARY {initial!r} is not one of NODES")
+    return Settings(
+        node_id=int(required("NODE_ID")),
+        name=name,
+        nodes=nodes,
+        initial_primary=initial,
+        database=required("DATABASE"),
+        database_user=required("DATABASE_USER"),
+        postgres_password=secret(env, "POSTGRES_PASSWORD"),
+        repmgr_password=secret(env, "REPMGR_PASSWORD"),
+        database_password=secret(env, "DATABASE_PASSWORD"),
+        cluster_subnet=env.get("CLUSTER_SUBNET", "").strip() or "samenet",
+        template_dir=env.get("TEMPLATE_DIR", "/etc/voting/postgres"),
+        data_dir=env.get("PGDATA", "/var/lib/postgresql/data/pgdata"),
+        run_dir=env.get("RUN_DIR", "/run/voting-postgres"),
+        socket_dir=env.get("SOCKET_DIR", "/var/run/postgresql"),
+        primary_grace=float(env.get("PRIMARY_GRACE_SECONDS", "15")),
+        decide_timeout=float(env.get("DECIDE_TIMEOUT_SECONDS", "600")),
+    )
+
+
+def template_values(settings: Settings) -> dict[str, object]:
+    """Every placeholder of deploy/postgres/*.conf."""
+    values: dict[str, object] = {
+        "NODE_ID": settings.node_id,
+        "NODE_NAME": settings.name,
+        "NODE_HOST": settings.name,
+        "DATA_DIR": settings.data_dir,
+        "REPMGR_CONFIG": settings.repmgr_conf,
+        "PASSFILE": settings.passfile,
+        "SOCKET_DIR": settings.socket_dir,
+        # pg_ctl appends the server's log to this file: the container's standard error.
+        "SERVER_LOG": "/dev/stderr",
+        "CLUSTER_SUBNET": settings.cluster_subnet,
+        "DATABASE": settings.database,
+        "DATABASE_USER": settings.database_user,
+    }
+    for number, node in enumerate(settings.nodes, start=1):
+        values[f"PG_{number}_NAME"] = node
+        values[f"PG_{number}_HOST"] = node
+    return values
+
+
+def data_dir_postgresql_conf(run_dir: str) -> str:
+    """The data directory's own postgresql.conf: only pointers to the rendered files, which sit
+    at the same path on every node (clone and pg_rewind copy this file from the primary)."""
+    return (
+        "# Written by the voting image's entrypoint. The settings live in the rendered\n"
+        "# deploy/postgres/ templates, re-rendered at every container start.\n"
+        f"include '{run_dir}/postgresql.conf'\n"
+        f"hba_file = '{run_dir}/pg_hba.conf'\n"
+    )
+
+
+# -- carrying it out ----------------------------------------------------------------------
+
+def log(message: str) -> None:
+    print(f"pgnode: {message}", file=sys.stderr, flush=True)
+
+
+class Node:
+    """This container's node: renders its files, asks the others, runs PostgreSQL and repmgrd."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.env = dict(os.environ, PGPASSFILE=settings.passfile, PGCONNECT_TIMEOUT="2")
+
+    # -- preparation, as root ---------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Renders the templates and the password file, and hands the directories to postgres."""
+        s = self.settings
+        account = pwd.getpwnam(SERVICE_USER)
+        for directory in (s.run_dir, os.path.dirname(s.data_dir), s.socket_dir):
+            os.makedirs(directory, exist_ok=True)
+            os.chown(directory, account.pw_uid, account.pw_gid)
+        os.chmod(s.run_dir, 0o700)
+        # pg_ctl -l /dev/stderr reopens the container's standard error as postgres: hand the
+        # pipes over, as runc does for a container that starts as a non-root user.
+        for fd in (1, 2):
+            try:
+                os.fchown(fd, account.pw_uid, account.pw_gid)
+            except OSError:
+                pass  # a terminal or file we may not own: the server log then goes nowhere new
+        values = template_values(s)
+        for name in ("postgresql.conf", "pg_hba.conf", "repmgr.conf"):
+            with open(os.path.join(s.template_dir, name), encoding="utf-8") as file:
+                text = render_text(file.read(), values, name)
+            self._write(os.path.join(s.run_dir, name), text, account)
+        passwords = "".join(line + "\n" for line in (
+            pgpass_line("*", "repmgr", "repmgr", s.repmgr_password),
+            pgpass_line("*", "replication", "repmgr", s.repmgr_password),
+            pgpass_line("*", "*", "postgres", s.postgres_password),
+        ))
+        self._write(s.passfile, passwords, account)
+        self._write(os.path.join(s.run_dir, "postgres-password"), s.postgres_password + "\n", account)
+
+    @staticmethod
+    def _write(path: str, text: str, account: pwd.struct_passwd) -> None:
+        with open(path, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.chmod(path, 0o600)
+        os.chown(path, account.pw_uid, account.pw_gid)
+
+    @staticmethod
+    def drop_privileges() -> None:
+        account = pwd.getpwnam(SERVICE_USER)
+        os.setgroups([])
+        os.setgid(account.pw_gid)
+        os.setuid(account.pw_uid)
+        os.environ["HOME"] = account.pw_dir
+        os.environ["USER"] = SERVICE_USER
+
+    # -- facts ------------------------------------------------------------------------------
+
+    def local(self) -> Local:
+        s = self.settings
+        has_data = os.path.exists(os.path.join(s.data_dir, "PG_VERSION"))
+        standby = os.path.exists(os.path.join(s.data_dir, "standby.signal"))
+        return Local(s.name, s.name == s.initial_primary, has_data, has_data and not standby)
+
+    def probe(self, host: str) -> Peer:
+        try:
+            socket.create_connection((host, PORT), timeout=2).close()
+        except OSError:
+            return Peer(host, UNREACHABLE)
+        answer = self._run([f"{PG_BIN}/psql", "-X", "-At", "-d", self._conninfo(host), "-c", PROBE_QUERY],
+                           check=False, quiet=True, timeout=10)
+        if answer.returncode != 0:
+            return Peer(host, UNKNOWN)
+        state, recorded = parse_probe(answer.stdout)
+        return Peer(host, state, recorded)
+
+    def _conninfo(self, host: str) -> str:
+        return f"host={host} port={PORT} user=repmgr dbname=repmgr connect_timeout=2"
+
+    # -- actions ----------------------------------------------------------------------------
+
+    def init_primary(self) -> None:
+        s = self.settings
+        self.wipe_data_dir()
+        self._run([f"{PG_BIN}/initdb", "-D", s.data_dir, "--data-checksums", "--encoding=UTF8",
+                   "--locale=C.UTF-8", "--username=postgres", "--auth-local=peer", "--auth-host=scram-sha-256",
+                   f"--pwfile={os.path.join(s.run_dir, 'postgres-password')}"])
+        self._write_data_dir_conf()
+        self.start_postgres()
+        # No standby exists yet: these commits must not wait for one (synchronous_standby_names).
+        local_commit = dict(self.env, PGOPTIONS="-c synchronous_commit=local")
+        self._run([f"{PG_BIN}/psql", "-X", "-v", "ON_ERROR_STOP=1", "-h", s.socket_dir, "-U", "postgres",
+                   "-d", "postgres", "-q"],
+                  stdin=bootstrap_sql(s.database, s.database_user, s.repmgr_password, s.database_password),
+                  env=local_commit)
+        self._repmgr(["primary", "register", "--force"], env=local_commit)
+
+    def clone(self, primary: str) -> None:
+        self.wipe_data_dir()
+        self._repmgr(["-h", primary, "-p", str(PORT), "-U", "repmgr", "-d", "repmgr",
+                      "standby", "clone", "--fast-checkpoint"])
+        self.start_postgres()
+        self._repmgr(["standby", "register", "--force"])
+
+    def rejoin(self, primary: str) -> None:
+        s = self.settings
+        state = cluster_state(self._run([f"{PG_BIN}/pg_controldata", s.data_dir], quiet=True).stdout)
+        if not shut_down_cleanly(state):
+            # Killed rather than stopped: replay its own WAL first, reachable by nobody, so that
+            # rejoin and pg_rewind find a cleanly shut down cluster.
+            log(f"data directory state is {state!r}: recovering it locally before the rejoin")
+            self._run([f"{PG_BIN}/pg_ctl", "start", "-w", "-t", "300", "-D", s.data_dir, "-l", "/dev/stderr",
+                       "-o", f"-c listen_addresses='' -c unix_socket_directories={s.socket_dir}"])
+            self._run([f"{PG_BIN}/pg_ctl", "stop", "-w", "-t", "120", "-m", "fast", "-D", s.data_dir])
+        self._write_data_dir_conf()
+        self._repmgr(["node", "rejoin", "-d", self._conninfo(primary), "--force-rewind", "--verbose"])
+        if not self.postgres_running():
+            self.start_postgres()
+
+    def start_postgres(self) -> None:
+        s = self.settings
+        self._write_data_dir_conf()
+        self._run([f"{PG_BIN}/pg_ctl", "start", "-w", "-t", "300", "-D", s.data_dir, "-l", "/dev/stderr",
+                   "-o", f"-c unix_socket_directories={s.socket_dir}"])
+
+    def stop_postgres(self) -> None:
+        if self.postgres_running():
+            self._run([f"{PG_BIN}/pg_ctl", "stop", "-w", "-t", "60", "-m", "fast", "-D", self.settings.data_dir],
+                      check=False)
+
+    def postgres_running(self) -> bool:
+        return self._run([f"{PG_BIN}/pg_ctl", "status", "-D", self.settings.data_dir],
+                         check=False, quiet=True).returncode == 0
+
+    def _write_data_dir_conf(self) -> None:
+        path = os.path.join(self.settings.data_dir, "postgresql.conf")
+        with open(path, "w", encoding="utf-8") as file:
+            file.write(data_dir_postgresql_conf(self.settings.run_dir))
+        os.chmod(path, 0o600)
+
+    def wipe_data_dir(self) -> None:
+        """Removes a half-made data directory (an interrupted clone): the volume itself stays."""
+        subprocess.run(["rm", "-rf", self.settings.data_dir], check=True)
+        os.makedirs(self.settings.data_dir, mode=0o700)
+
+    def _repmgr(self, arguments: list[str], env: Optional[dict[str, str]] = None) -> None:
+        self._run([f"{PG_BIN}/repmgr", "-f", self.settings.repmgr_conf, *arguments], env=env)
+
+    def _run(self, command: list[str], check: bool = True, quiet: bool = False, timeout: float = 600,
+             stdin: Optional[str] = None, env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
+        if not quiet:
+            log("running " + " ".join(command[:6]) + (" …" if len(command) > 6 else ""))
+        result = subprocess.run(command, input=stdin, text=True, timeout=timeout, env=env or self.env,
+                                stdout=subprocess.PIPE if quiet else None,
+                                stderr=subprocess.PIPE if quiet else None)
+        if check and result.returncode != 0:
+            detail = (result.stderr or "").strip() if quiet else ""
+            raise RuntimeError(f"{command[0]} exited with {result.returncode}{': ' + detail if detail else ''}")
+        return result
+
+
+# -- main ---------------------------------------------------------------------------------
+
+class Stop(Exception):
+    pass
+
+
+REPMGRD_RETRY = 5.0
+# repmgr restarts PostgreSQL to follow a new primary; down for longer than this is a failure.
+POSTGRES_DOWN_LIMIT = 120.0
+
+
+def settle(node: Node, clock: Callable[[], float] = time.monotonic) -> Decision:
+    """Asks the other nodes until the decision is something to do; carries it out."""
+    s = node.settings
+    started = clock()
+    last_reason = ""
+    while True:
+        waited = clock() - started
+        peers = [node.probe(host) for host in s.peers]
+        decision = decide(node.local(), peers, waited, s.primary_grace)
+        if decision.action != WAIT:
+            log(f"{decision.action}: {decision.reason}")
+            break
+        if decision.reason != last_reason:
+            log(f"waiting: {decision.reason} ({', '.join(f'{p.name} {p.state}' for p in peers)})")
+            last_reason = decision.reason
+        if waited > s.decide_timeout:
+            raise RuntimeError(f"no decision after {s.decide_timeout:.0f} s: {decision.reason}")
+        time.sleep(1)
+    if decision.action in (INIT_PRIMARY, CLONE):
+        # A half-made node is worth nothing: start it over next time rather than let a data
+        # directory without its repmgr registration look like a node that was primary.
+        try:
+            node.init_primary() if decision.action == INIT_PRIMARY else node.clone(decision.primary or "")
+        except BaseException:
+            node.stop_postgres()
+            node.wipe_data_dir()
+            raise
+    elif decision.action == REJOIN:
+        node.rejoin(decision.primary or "")
+    else:  # START_STANDBY, START_PRIMARY: the data directory already says which
+        node.start_postgres()
+    return decision
+
+
+def supervise(node: Node, stopping: list[bool]) -> int:
+    """Runs repmgrd until a signal arrives, restarting it when it exits; watches PostgreSQL."""
+    def start_repmgrd() -> subprocess.Popen:
+        return subprocess.Popen([f"{PG_BIN}/repmgrd", "-f", node.settings.repmgr_conf, "--daemonize=false"],
+                                env=node.env)
+
+    repmgrd = start_repmgrd()
+    repmgrd_exited: Optional[float] = None
+    down_since: Optional[float] = None
+    try:
+        while not stopping[0]:
+            now = time.monotonic()
+            if repmgrd_exited is None and repmgrd.poll() is not None:
+                # On a standby repmgrd refuses to start while its upstream is down (a cold start
+                # of the cluster): the node stays up as a standby, others count on it answering.
+                log(f"repmgrd exited with {repmgrd.returncode}; starting it again in {REPMGRD_RETRY:.0f} s")
+                repmgrd_exited = now
+            if repmgrd_exited is not None and now - repmgrd_exited >= REPMGRD_RETRY:
+                repmgrd, repmgrd_exited = start_repmgrd(), None
+            if node.postgres_running():
+                down_since = None
+            elif down_since is None:
+                down_since = now
+            elif now - down_since > POSTGRES_DOWN_LIMIT:
+                log(f"PostgreSQL has been down for {POSTGRES_DOWN_LIMIT:.0f} s")
+                return 1
+            time.sleep(1)
+        return 0
+    finally:
+        # repmgrd first: a primary going away on purpose must not start a failover from here.
+        if repmgrd.poll() is None:
+            repmgrd.terminate()
+            try:
+                repmgrd.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                repmgrd.kill()
+        node.stop_postgres()
+
+
+def main() -> int:
+    stopping = [False]
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping[0] = True
+        raise Stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    node: Optional[Node] = None
+    try:
+        if os.getuid() != 0:
+            raise RuntimeError("start the container as root: it prepares the volume, then runs as postgres")
+        node = Node(settings_from(os.environ))
+        node.prepare()
+        node.drop_privileges()
+        settle(node)
+    except Stop as stop:
+        log(f"{stop} before the node was up: stopping")
+        if node is not None and os.getuid() != 0:
+            node.stop_postgres()
+        return 0
+    except (RuntimeError, ValueError, KeyError, OSError, subprocess.TimeoutExpired) as error:
+        log(f"error: {error}")
+        if node is not None and os.getuid() != 0:
+            node.stop_postgres()
+        return 1
+    # From here on a signal only sets the flag: supervise stops repmgrd and PostgreSQL in order.
+    signal.signal(signal.SIGTERM, lambda *_: stopping.__setitem__(0, True))
+    signal.signal(signal.SIGINT, lambda *_: stopping.__setitem__(0, True))
+    code = supervise(node, stopping)
+    log("stopped" if code == 0 else "exiting: the orchestrator restarts the node and it decides again")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

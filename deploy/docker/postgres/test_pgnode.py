@@ -1,0 +1,229 @@
+"""Unit tests of the PostgreSQL node's entrypoint: the decision table, and the files it writes.
+
+    python3 -m unittest discover -s deploy/docker/postgres
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pgnode  # noqa: E402
+from pgnode import (CLONE, INIT_PRIMARY, PRIMARY, REJOIN, STANDBY, START_PRIMARY, START_STANDBY,  # noqa: E402
+                    UNKNOWN, UNREACHABLE, WAIT, Local, Peer, decide)
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "postgres"
+GRACE = 15.0
+
+
+def node(name: str = "pg-1", initial: bool = True, data: bool = False, primary: bool = False) -> Local:
+    return Local(name, initial, data, primary)
+
+
+def down(name: str) -> Peer:
+    return Peer(name, UNREACHABLE)
+
+
+class AnEmptyNode(unittest.TestCase):
+    def test_the_initial_primary_initialises_when_no_other_node_answers(self):
+        decision = decide(node(), [down("pg-2"), down("pg-3")], 0, GRACE)
+        self.assertEqual(decision.action, INIT_PRIMARY)
+
+    def test_the_initial_primary_waits_while_another_node_answers_without_being_primary(self):
+        # Its volume was lost while the others kept theirs: repmgrd promotes one, then it clones.
+        decision = decide(node(), [Peer("pg-2", STANDBY, "pg-1"), down("pg-3")], 60, GRACE)
+        self.assertEqual(decision.action, WAIT)
+
+    def test_the_initial_primary_waits_while_another_node_answers_but_cannot_be_asked(self):
+        decision = decide(node(), [Peer("pg-2", UNKNOWN), down("pg-3")], 60, GRACE)
+        self.assertEqual(decision.action, WAIT)
+
+    def test_another_node_never_initialises(self):
+        decision = decide(node("pg-2", initial=False), [down("pg-1"), down("pg-3")], 600, GRACE)
+        self.assertEqual(decision.action, WAIT)
+
+    def test_it_clones_the_primary(self):
+        decision = decide(node("pg-3", initial=False), [Peer("pg-1", PRIMARY, "pg-1"), down("pg-2")], 0, GRACE)
+        self.assertEqual((decision.action, decision.primary), (CLONE, "pg-1"))
+
+    def test_the_initial_primary_clones_a_promoted_node_rather_than_initialise(self):
+        decision = decide(node(), [Peer("pg-2", PRIMARY, "pg-2"), Peer("pg-3", STANDBY, "pg-2")], 0, GRACE)
+        self.assertEqual((decision.action, decision.primary), (CLONE, "pg-2"))
+
+
+class ANodeWithData(unittest.TestCase):
+    def test_a_former_primary_rejoins_the_promoted_standby(self):
+        me = node(data=True, primary=True)
+        decision = decide(me, [Peer("pg-2", PRIMARY, "pg-2"), Peer("pg-3", STANDBY, "pg-2")], 0, GRACE)
+        self.assertEqual((decision.action, decision.primary), (REJOIN, "pg-2"))
+
+    def test_a_standby_rejoins_whoever_is_primary_now(self):
+        me = node("pg-3", initial=False, data=True)
+        decision = decide(me, [Peer("pg-1", STANDBY, "pg-2"), Peer("pg-2", PRIMARY, "pg-2")], 0, GRACE)
+        self.assertEqual((decision.action, decision.primary), (REJOIN, "pg-2"))
+
+    def test_a_standby_starts_as_a_standby_when_no_primary_answers(self):
+        me = node("pg-2", initial=False, data=True)
+        decision = decide(me, [down("pg-1"), down("pg-3")], 0, GRACE)
+        self.assertEqual(decision.action, START_STANDBY)
+
+    def test_a_former_primary_never_starts_as_primary_before_the_grace_period_is_over(self):
+        me = node(data=True, primary=True)
+        peers = [Peer("pg-2", STANDBY, "pg-1"), Peer("pg-3", STANDBY, "pg-1")]
+        self.assertEqual(decide(me, peers, GRACE - 1, GRACE).action, WAIT)
+
+    def test_a_former_primary_starts_as_primary_when_a_majority_agrees_after_the_grace_period(self):
+        # A cold start of the whole cluster: the standbys are up, nobody was promoted.
+        me = node(data=True, primary=True)
+        peers = [Peer("pg-2", STANDBY, "pg-1"), down("pg-3")]
+        self.assertEqual(decide(me, peers, GRACE, GRACE).action, START_PRIMARY)
+
+    def test_a_former_primary_alone_never_starts_as_primary(self):
+        me = node(data=True, primary=True)
+        self.assertEqual(decide(me, [down("pg-2"), down("pg-3")], 3600, GRACE).action, WAIT)
+
+    def test_a_former_primary_waits_when_a_standby_names_another_primary(self):
+        # pg-2 was promoted and died; pg-3 followed it. pg-2 has the newest data: wait for it.
+        me = node(data=True, primary=True)
+        peers = [down("pg-2"), Peer("pg-3", STANDBY, "pg-2")]
+        decision = decide(me, peers, 3600, GRACE)
+        self.assertEqual(decision.action, WAIT)
+        self.assertIn("pg-2", decision.reason)
+
+    def test_the_promoted_node_that_died_starts_as_primary_again(self):
+        me = node("pg-2", initial=False, data=True, primary=True)
+        peers = [down("pg-1"), Peer("pg-3", STANDBY, "pg-2")]
+        self.assertEqual(decide(me, peers, GRACE, GRACE).action, START_PRIMARY)
+
+    def test_standbys_that_cannot_be_asked_do_not_count_towards_a_majority(self):
+        me = node(data=True, primary=True)
+        peers = [Peer("pg-2", UNKNOWN), Peer("pg-3", UNKNOWN)]
+        self.assertEqual(decide(me, peers, 3600, GRACE).action, WAIT)
+
+
+class SeveralPrimaries(unittest.TestCase):
+    def test_a_node_never_picks_between_two_primaries(self):
+        for me in (node(), node(data=True), node(data=True, primary=True)):
+            peers = [Peer("pg-2", PRIMARY, "pg-2"), Peer("pg-3", PRIMARY, "pg-3")]
+            self.assertEqual(decide(me, peers, 3600, GRACE).action, WAIT)
+
+
+class NoDecisionMakesASecondPrimary(unittest.TestCase):
+    def test_every_combination_of_peer_states(self):
+        """Whatever the others say, a node starts as primary only when no other node is primary."""
+        states = [UNREACHABLE, UNKNOWN, STANDBY, PRIMARY]
+        records = [None, "pg-1", "pg-2", "pg-3"]
+        for data in (False, True):
+            for was_primary in ((False, True) if data else (False,)):
+                for s2 in states:
+                    for s3 in states:
+                        for r2 in records:
+                            for r3 in records:
+                                peers = [Peer("pg-2", s2, r2), Peer("pg-3", s3, r3)]
+                                decision = decide(node(data=data, primary=was_primary), peers, 3600, GRACE)
+                                if decision.action in (INIT_PRIMARY, START_PRIMARY):
+                                    self.assertNotIn(PRIMARY, (s2, s3), (data, was_primary, peers))
+
+
+class Helpers(unittest.TestCase):
+    def test_render_fills_placeholders_and_refuses_missing_ones(self):
+        self.assertEqual(pgnode.render_text("a ${X} b ${Y_2}", {"X": 1, "Y_2": "z"}), "a 1 b z")
+        with self.assertRaisesRegex(KeyError, "no value for Y"):
+            pgnode.render_text("${X}${Y}", {"X": 1})
+        # Only ${UPPER}: $lower, $UPPER and ${lower} are not placeholders.
+        self.assertEqual(pgnode.render_text("$a $B ${c}", {}), "$a $B ${c}")
+
+    def test_probe_output(self):
+        self.assertEqual(pgnode.parse_probe("f|pg-1\n"), (PRIMARY, "pg-1"))
+        self.assertEqual(pgnode.parse_probe("t|pg-2\n"), (STANDBY, "pg-2"))
+        self.assertEqual(pgnode.parse_probe("t|\n"), (STANDBY, None))
+        self.assertEqual(pgnode.parse_probe(""), (UNKNOWN, None))
+
+    def test_cluster_state_of_pg_controldata(self):
+        text = "pg_control version number:            1300\nDatabase cluster state:               in production\n"
+        self.assertEqual(pgnode.cluster_state(text), "in production")
+        self.assertFalse(pgnode.shut_down_cleanly("in production"))
+        self.assertTrue(pgnode.shut_down_cleanly("shut down in recovery"))
+        self.assertEqual(pgnode.cluster_state("garbage"), "unknown")
+
+    def test_sql_quoting(self):
+        self.assertEqual(pgnode.sql_literal("it's"), "'it''s'")
+        self.assertEqual(pgnode.sql_identifier('a"b'), '"a""b"')
+        with self.assertRaises(ValueError):
+            pgnode.sql_literal("a\0b")
+
+    def test_pgpass_escapes_colons_and_backslashes(self):
+        self.assertEqual(pgnode.pgpass_line("*", "repmgr", "repmgr", "p:w\\d"), "*:*:repmgr:repmgr:p\\:w\\\\d")
+
+
+def environment(**overrides: str) -> dict[str, str]:
+    env = {"NODE_ID": "2", "NODE_NAME": "pg-2", "NODES": "pg-1, pg-2,pg-3", "DATABASE": "voting",
+           "DATABASE_USER": "voting", "POSTGRES_PASSWORD": "pw-postgres", "REPMGR_PASSWORD": "pw-repmgr",
+           "DATABASE_PASSWORD": "pw-voting"}
+    env.update(overrides)
+    return env
+
+
+class Configuration(unittest.TestCase):
+    def test_settings_from_the_environment(self):
+        settings = pgnode.settings_from(environment())
+        self.assertEqual(settings.nodes, ("pg-1", "pg-2", "pg-3"))
+        self.assertEqual(settings.peers, ("pg-1", "pg-3"))
+        self.assertEqual(settings.initial_primary, "pg-1")
+        self.assertEqual(settings.cluster_subnet, "samenet")
+
+    def test_a_password_file_wins_and_loses_its_newline(self):
+        with tempfile.NamedTemporaryFile("w", delete=False) as file:
+            file.write("from-file\n")
+        try:
+            settings = pgnode.settings_from(environment(REPMGR_PASSWORD_FILE=file.name))
+            self.assertEqual(settings.repmgr_password, "from-file")
+        finally:
+            os.unlink(file.name)
+
+    def test_missing_or_inconsistent_settings_are_refused(self):
+        for bad in (environment(NODE_NAME="pg-9"), environment(NODES="pg-1,pg-2"),
+                    environment(DATABASE_PASSWORD=""), environment(INITIAL_PRIMARY="pg-7")):
+            with self.assertRaises(ValueError):
+                pgnode.settings_from(bad)
+
+    def test_every_placeholder_of_the_templates_has_a_value(self):
+        values = pgnode.template_values(pgnode.settings_from(environment()))
+        for name in ("postgresql.conf", "pg_hba.conf", "repmgr.conf"):
+            text = pgnode.render_text((TEMPLATES / name).read_text(), values, name)
+            self.assertNotIn("${", text)
+
+    def test_the_node_names_its_own_files(self):
+        values = pgnode.template_values(pgnode.settings_from(environment()))
+        repmgr = pgnode.render_text((TEMPLATES / "repmgr.conf").read_text(), values)
+        self.assertIn("node_id=2", repmgr)
+        self.assertIn("node_name='pg-2'", repmgr)
+        self.assertIn("host=pg-2 ", repmgr)
+
+    def test_bootstrap_sql_quotes_passwords(self):
+        sql = pgnode.bootstrap_sql("voting", "voting", "r'pw", "v'pw")
+        self.assertIn("PASSWORD 'r''pw'", sql)
+        self.assertIn("PASSWORD 'v''pw'", sql)
+
+
+class TheImageHasOnlyPythonMinimal(unittest.TestCase):
+    # What python3-minimal (Debian bookworm) ships, of what this module could want.
+    MINIMAL = {"__future__", "os", "pwd", "re", "signal", "socket", "subprocess", "sys", "time", "typing"}
+
+    def test_imports(self):
+        tree = ast.parse(Path(pgnode.__file__).read_text())
+        imported = {alias.name.split(".")[0] for node_ in ast.walk(tree) if isinstance(node_, ast.Import)
+                    for alias in node_.names}
+        imported |= {node_.module.split(".")[0] for node_ in ast.walk(tree)
+                     if isinstance(node_, ast.ImportFrom) and node_.module}
+        self.assertLessEqual(imported, self.MINIMAL)
+
+
+if __name__ == "__main__":
+    unittest.main()
