@@ -267,18 +267,15 @@ class _MasterWatch:
 
 # -- running ---------------------------------------------------------------------------
 
-def load_command(rate: float, duration: float) -> list[str]:
-    ca = edge.ca_bundle(Cluster())
-    resolve = [arg for pair in edge.resolve_args() for arg in ("--resolve", pair)]
-    return [str(app.BINARY), "load", "--url", edge.vote_url(), "--verify", edge.result_url(),
-            "--ca-cert", str(ca), *resolve, "--rate", str(rate), "--duration", f"{duration}s",
+def load_command(cluster: Cluster, rate: float, duration: float) -> list[str]:
+    return [str(app.BINARY), "load", *edge.load_args(cluster), "--rate", str(rate), "--duration", f"{duration}s",
             "--concurrency", "2000", "--timeout", "5s", "--verify-timeout", "120s", "--json"]
 
 
 def run_scenario(cluster: Cluster, scenario: Scenario, state: dict, rate: float, duration: float,
                  fault_at: float) -> Row:
     row = Row(scenario.name)
-    load = subprocess.Popen(load_command(rate, duration), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    load = subprocess.Popen(load_command(cluster, rate, duration), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     # The failure is scheduled into the run, so there is load before and after it.
     time.sleep(fault_at)

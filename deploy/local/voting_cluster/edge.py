@@ -186,6 +186,13 @@ def resolve_args() -> list[str]:
     return [f"{name}:{EDGE.ip}" for name in HOST_NAMES]
 
 
+def load_args(cluster: Cluster) -> list[str]:
+    """What `voting load` needs to vote through the edge and verify: both URLs, Pebble's root
+    to trust, and the host names pinned to the edge."""
+    resolve = [arg for pair in resolve_args() for arg in ("--resolve", pair)]
+    return ["--url", vote_url(), "--verify", result_url(), "--ca-cert", str(ca_bundle(cluster)), *resolve]
+
+
 def status_lines(cluster: Cluster) -> list[str]:
     edge = cluster.host(EDGE)
     lines = [_process_line(edge, name) for name in ("challtestsrv", "pebble", "traefik")]

@@ -32,13 +32,11 @@ def up(cluster: Cluster, build: bool) -> None:
         began = time.monotonic()
         start()
         print(f"up  {stage} ({time.monotonic() - began:.1f} s)", flush=True)
-    resolve = " ".join(f"--resolve {arg}" for arg in edge.resolve_args())
     print(f"""
 vote:    {edge.vote_url()}
 result:  {edge.result_url()}
 CA:      {edge.ca_bundle(cluster)}   (Pebble's root: trust it to check the certificates)
-try:     target/release/voting load --url {edge.vote_url()} --verify {edge.result_url()} \\
-           --ca-cert {edge.ca_bundle(cluster)} {resolve} --rate 200 --duration 10s
+try:     target/release/voting load {" ".join(edge.load_args(cluster))} --rate 200 --duration 10s
 status:  scripts/cluster status      stop: scripts/cluster down""")
 
 
