@@ -15,7 +15,11 @@ use voting_core::secrets;
 use voting_core::store::postgres::PostgresStore;
 use voting_core::telemetry::LogFormat;
 
+use crate::http::client::Cidrs;
+use crate::http::connection::ConnectionLimits;
 use crate::vote::cookie::CookieKey;
+use crate::vote::limit::NewVoterPolicy;
+use crate::vote::origin::PublicOrigins;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -134,8 +138,10 @@ impl DatabaseArgs {
 
 #[derive(Debug, Args)]
 pub struct CookieArgs {
-    /// Key that signs voter cookies; every vote replica needs the same one. Without it a
-    /// random key is made at start, and voters get new cookies after a restart.
+    /// Key that signs voter cookies, with at least 32 bytes of entropy (64 hex digits, e.g.
+    /// `openssl rand -hex 32`); every vote replica needs the same one. Without it, `vote`
+    /// makes a random key at each start (voters then get new cookies after a restart) and
+    /// `up` keeps one in its data directory.
     #[arg(long, env = "COOKIE_SECRET", hide_env_values = true)]
     pub cookie_secret: Option<String>,
     /// A file holding COOKIE_SECRET (a Docker secret); wins over COOKIE_SECRET.
@@ -150,12 +156,61 @@ impl CookieArgs {
             self.cookie_secret.clone(),
             self.cookie_secret_file.as_deref(),
         )?;
-        match secret {
-            Some(secret) if secret.len() < 16 => {
-                anyhow::bail!("COOKIE_SECRET must be at least 16 characters")
-            }
-            Some(secret) => Ok(Some(CookieKey::new(secret.as_bytes()))),
-            None => Ok(None),
+        Ok(secret.map(|secret| CookieKey::from_secret(&secret)).transpose()?)
+    }
+}
+
+/// Limits on the connections of every HTTP listener of the process.
+#[derive(Debug, Args)]
+pub struct ConnectionArgs {
+    /// Proxies (CIDRs) whose `X-Forwarded-For` names the client, and whose connections are
+    /// not capped per client address: the network the edge proxy reaches this service from.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "127.0.0.0/8,::1")]
+    pub trusted_proxies: Cidrs,
+    /// Most connections the process holds open; by default what its open-file limit allows,
+    /// with room kept for its own files and upstream connections.
+    #[arg(long, env = "MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Most connections one client address (an IPv6 /64) holds open.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256)]
+    pub max_connections_per_client: usize,
+}
+
+impl ConnectionArgs {
+    pub fn limits(&self) -> ConnectionLimits {
+        ConnectionLimits::new(
+            self.max_connections,
+            self.max_connections_per_client,
+            self.trusted_proxies.clone(),
+        )
+    }
+}
+
+/// Who may vote how: new voters per client address and the sites that may post votes.
+#[derive(Debug, Args)]
+pub struct AbuseArgs {
+    /// New voters (requests without a voter cookie) one client address (an IPv6 /64) may
+    /// create per second, sustained; 0 turns the limit off.
+    #[arg(long, env = "NEW_VOTER_RATE", default_value_t = 5.0)]
+    pub new_voter_rate: f64,
+    /// New voters a client address may create at once.
+    #[arg(long, env = "NEW_VOTER_BURST", default_value_t = 20)]
+    pub new_voter_burst: u32,
+    /// Client addresses (CIDRs) never limited, e.g. this machine's own load tests.
+    #[arg(long, env = "RATE_LIMIT_EXEMPT", default_value = "127.0.0.0/8,::1")]
+    pub rate_limit_exempt: Cidrs,
+    /// Origins besides the request's own host whose pages may post votes, e.g.
+    /// `https://example.com`; posts from any other site are refused with 403.
+    #[arg(long, env = "PUBLIC_ORIGINS", default_value = "")]
+    pub public_origins: PublicOrigins,
+}
+
+impl AbuseArgs {
+    pub fn new_voters(&self) -> NewVoterPolicy {
+        NewVoterPolicy {
+            rate: self.new_voter_rate,
+            burst: self.new_voter_burst,
+            exempt: self.rate_limit_exempt.clone(),
         }
     }
 }
@@ -180,6 +235,10 @@ pub struct VoteArgs {
     pub redis: RedisArgs,
     #[command(flatten)]
     pub cookie: CookieArgs,
+    #[command(flatten)]
+    pub abuse: AbuseArgs,
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
 }
 
 impl VoteArgs {
@@ -214,6 +273,8 @@ pub struct WorkerArgs {
     pub redis: RedisArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
 }
 
 impl WorkerArgs {
@@ -242,6 +303,8 @@ pub struct ResultArgs {
     pub ballot: BallotArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
 }
 
 #[derive(Debug, Args)]
@@ -265,6 +328,10 @@ pub struct UpArgs {
     pub ballot: BallotArgs,
     #[command(flatten)]
     pub cookie: CookieArgs,
+    #[command(flatten)]
+    pub abuse: AbuseArgs,
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
 }
 
 #[derive(Debug, Args)]

@@ -35,6 +35,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 ballot: args.ballot.ballot()?,
                 cookie_key: args.cookie.key()?,
                 instance: instance_name(None),
+                new_voters: args.abuse.new_voters(),
+                public_origins: args.abuse.public_origins.clone(),
+                connections: args.connections.limits(),
             };
             let up = Up::build(config.clone(), shutdown).await?;
             let vote = up.vote_addr()?;
@@ -52,6 +55,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 ballot: args.ballot.ballot()?,
                 cookie_key,
                 instance: instance_name(args.instance.clone()),
+                new_voters: args.abuse.new_voters(),
+                public_origins: args.abuse.public_origins.clone(),
+                connections: args.connections.limits(),
             };
             let server = voting::vote::build(args.addr, config, args.queue()?)
                 .await
@@ -70,9 +76,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 voting_core::queue::Durability::Fast,
                 Duration::from_millis(500),
             )?;
-            let service = WorkerService::build(args.addr, config, queue, args.database.store()?)
-                .await
-                .with_context(|| format!("binding {}", args.addr))?;
+            let service = WorkerService::build(
+                args.addr,
+                config,
+                args.connections.limits(),
+                queue,
+                args.database.store()?,
+            )
+            .await
+            .with_context(|| format!("binding {}", args.addr))?;
             tracing::info!(health.port = service.port(), "worker health endpoints listening");
             Ok(service.run(shutdown).await?)
         }
@@ -81,6 +93,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 ballot: args.ballot.ballot()?,
                 refresh: Duration::from_millis(args.refresh_ms),
                 instance: instance_name(args.instance.clone()),
+                connections: args.connections.limits(),
             };
             let service = ResultService::build(args.addr, config, args.database.store()?, shutdown)
                 .await

@@ -115,6 +115,9 @@ async fn each_page_with_its_assets_is_under_50_kb_compressed_and_hardened() {
             ballot: voting_core::Ballot::parse("a=Cats,b=Dogs,c=Birds").unwrap(),
             cookie_key: None,
             instance: "weight".into(),
+            new_voters: Default::default(),
+            public_origins: Default::default(),
+            connections: Default::default(),
         },
         shutdown.clone(),
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 from . import redis_ha, topology
 from .cluster import Cluster
 from .hosts import Host, wait_until
-from .topology import APPS, Node, Ports
+from .topology import APPS, EDGE, Node, Ports
 
 BINARY = topology.REPO / "target" / "release" / "voting"
 SERVICES = {"vote": Ports.VOTE, "worker": Ports.WORKER_HEALTH, "result": Ports.RESULT}
@@ -27,6 +27,8 @@ def configure(cluster: Cluster, redis_url: str, database_url: str) -> None:
     files = _files(cluster)
     for variable, url in (("REDIS_URL_FILE", redis_url), ("DATABASE_URL_FILE", database_url)):
         files[variable].parent.mkdir(parents=True, exist_ok=True)
+        # Only root, which runs the services, reads them.
+        files[variable].parent.chmod(0o700)
         files[variable].write_text(url + "\n")
         files[variable].chmod(0o600)
 
@@ -38,13 +40,21 @@ def _files(cluster: Cluster) -> dict[str, Path]:
 
 
 def _environment(cluster: Cluster, node: Node, service: str, files: dict[str, Path]) -> dict[str, str]:
-    common = {"INSTANCE_NAME": f"{node.name}-{service}", "RUST_BACKTRACE": "0"}
+    common = {"INSTANCE_NAME": f"{node.name}-{service}", "RUST_BACKTRACE": "0",
+              # Traefik on the edge adds the client's address to X-Forwarded-For: believed from
+              # there, and from nowhere else.
+              "TRUSTED_PROXIES": f"{EDGE.ip}/32"}
     if service == "vote":
         return {**common, "VOTE_ADDR": f"0.0.0.0:{Ports.VOTE}", "REDIS_URL_FILE": str(files["REDIS_URL_FILE"]),
                 # Acknowledge a vote only once a replica has it: a Redis failover then
                 # cannot lose it.
                 "VOTE_DURABILITY": "replicated",
-                "COOKIE_SECRET_FILE": str(cluster.secret_file("cookie_secret"))}
+                "COOKIE_SECRET_FILE": str(cluster.secret_file("cookie_secret")),
+                # scripts/chaos's `voting load` runs on this machine and sends every vote as a
+                # new voter, 200 a second from this one address: just what the per-address
+                # new-voter limit (5/s) is there to refuse. Every other client arriving through
+                # the edge is limited.
+                "RATE_LIMIT_EXEMPT": f"{topology.HOST_IP}/32"}
     if service == "worker":
         return {**common, "WORKER_ADDR": f"0.0.0.0:{Ports.WORKER_HEALTH}",
                 "REDIS_URL_FILE": str(files["REDIS_URL_FILE"]),

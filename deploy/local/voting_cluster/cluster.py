@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import secrets as random_secrets
+import shutil
 from pathlib import Path
 
 from . import topology
@@ -12,6 +14,13 @@ from .topology import Node
 # Every password the topology uses; generated once per cluster directory, kept as files the
 # way Swarm secrets arrive (`/run/secrets/<name>`), never printed.
 SECRET_NAMES = ("redis_password", "postgres_password", "repmgr_password", "voting_db_password", "cookie_secret")
+# Random bytes of each secret, written as hex: 16 unless said here. The vote service refuses a
+# cookie key under 32 bytes.
+SECRET_BYTES = {"cookie_secret": 32}
+# Owner of the secrets directory and files. Root, which runs the voting services, reads them
+# anyway; the postgres user runs PostgreSQL, repmgr and Pgpool-II, and initdb reads the
+# superuser's password from its file itself. Nobody else may.
+SECRETS_OWNER = "postgres"
 
 
 class Cluster:
@@ -26,14 +35,24 @@ class Cluster:
         if name not in SECRET_NAMES:
             raise KeyError(name)
         path = self.secrets_dir / name
-        if not path.exists():
-            self.secrets_dir.mkdir(parents=True, exist_ok=True)
-            self.secrets_dir.chmod(0o755)
-            path.write_text(random_secrets.token_hex(16) + "\n")
-            # Readable by the postgres user, which runs PostgreSQL, repmgr and Pgpool-II.
-            path.chmod(0o644)
+        size = SECRET_BYTES.get(name, 16)
+        # A cookie key from a cluster directory made before the services wanted 32 bytes is made
+        # anew: it only signs voter cookies. Passwords never are: the running servers hold them.
+        if not path.exists() or (name == "cookie_secret" and len(path.read_text().strip()) < 2 * size):
+            self._write_secret(path, random_secrets.token_hex(size))
         return path.read_text().strip()
 
     def secret_file(self, name: str) -> Path:
         self.secret(name)
         return self.secrets_dir / name
+
+    def _write_secret(self, path: Path, value: str) -> None:
+        self.secrets_dir.mkdir(parents=True, exist_ok=True)
+        self.secrets_dir.chmod(0o700)
+        shutil.chown(self.secrets_dir, SECRETS_OWNER, SECRETS_OWNER)
+        # Created 0600, never readable by others even for a moment.
+        path.unlink(missing_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(value + "\n")
+        shutil.chown(path, SECRETS_OWNER, SECRETS_OWNER)

@@ -23,6 +23,7 @@ use voting_core::Ballot;
 use voting_core::store::VoteStore;
 
 use self::feed::{Feed, Snapshot};
+use crate::http::connection::ConnectionLimits;
 use crate::http::{Server, compressed, health_routes};
 
 /// SSE comments keep idle connections open through proxies; below their usual 30–60 s idle
@@ -36,6 +37,8 @@ pub struct ResultConfig {
     /// anything a lost notification missed.
     pub refresh: Duration,
     pub instance: String,
+    /// Connection caps of this process; `voting up` shares one with the vote service.
+    pub connections: ConnectionLimits,
 }
 
 #[derive(Debug, Clone)]
@@ -85,7 +88,8 @@ impl ResultService {
         let router = compressed(pages)
             .merge(Router::new().route("/events", get(events)).with_state(state))
             .merge(health_routes(ready));
-        Ok(Self { server: Server::bind(addr, router).await?, feed, feed_task, shutdown })
+        let server = Server::bind(addr, router, config.connections).await?;
+        Ok(Self { server, feed, feed_task, shutdown })
     }
 
     pub fn port(&self) -> u16 {
@@ -93,11 +97,7 @@ impl ResultService {
     }
 
     pub async fn run(self) -> std::io::Result<()> {
-        let (feed, shutdown) = (self.feed, self.shutdown.clone());
-        let served = self
-            .server
-            .run_diverted(|listener| stream::split(listener, feed, KEEP_ALIVE, shutdown), self.shutdown)
-            .await;
+        let served = self.server.run_diverted(stream::divert(self.feed, KEEP_ALIVE), self.shutdown).await;
         if let Err(e) = self.feed_task.await {
             tracing::error!(error = %e, "result feed task failed");
         }

@@ -7,91 +7,112 @@
 //! hundred bytes. Every other connection, including a proxy's reused keep-alive connection
 //! that asks for `/events` later, goes to axum, whose `/events` route stays the fallback.
 
-use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::feed::Feed;
+use crate::http::SECURITY_HEADERS;
+use crate::http::connection::{Connection, Divert, HEAD_TIMEOUT};
 
 /// What a connection must start with to be served here.
 const REQUEST: &[u8] = b"GET /events";
 /// Longest request head accepted before the stream starts.
 const MAX_HEAD_BYTES: usize = 8 * 1024;
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Kernel send buffer of a stream (Linux doubles it). An event is a few hundred bytes, so
+/// this holds dozens a client has not read yet; left alone, the kernel grows it to 4 MB for a
+/// client that stops reading, which 1,000 such clients turn into 4 GB of kernel memory.
+const SEND_BUFFER_BYTES: usize = 32 * 1024;
 
-const RESPONSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\n\
+/// The response head: the stream's own headers, then the same hardening headers as every
+/// other response.
+fn response_head() -> Vec<u8> {
+    let mut head = b"HTTP/1.1 200 OK\r\n\
 content-type: text/event-stream\r\n\
 cache-control: no-cache\r\n\
-x-content-type-options: nosniff\r\n\
-referrer-policy: no-referrer\r\n\
-x-frame-options: DENY\r\n\
-connection: close\r\n\r\n";
-
-/// Accepts connections, serves event streams itself, and hands every other connection to
-/// axum through the returned [`Handoff`].
-pub fn split(
-    listener: TcpListener,
-    feed: Feed,
-    keep_alive: Duration,
-    shutdown: CancellationToken,
-) -> Handoff {
-    let local_addr = listener.local_addr();
-    let (handoff, accepted) = mpsc::channel(1024);
-    tokio::spawn(async move {
-        loop {
-            let (stream, peer) = tokio::select! {
-                () = shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Out of descriptors, say: back off rather than spin.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let (handoff, feed, shutdown) = (handoff.clone(), feed.clone(), shutdown.clone());
-            tokio::spawn(async move {
-                if asks_for_events(&stream).await {
-                    serve(stream, feed, keep_alive, shutdown).await;
-                } else {
-                    let _ = handoff.send((stream, peer)).await;
-                }
-            });
-        }
-    });
-    Handoff { accepted, local_addr }
+connection: close\r\n"
+        .to_vec();
+    for (name, value) in SECURITY_HEADERS {
+        head.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    head.extend_from_slice(b"\r\n");
+    head
 }
 
-/// Whether the request line starts with `GET /events` (then ` ` or `?`), by peeking, so a
-/// connection handed to axum still has its request unread.
-async fn asks_for_events(stream: &TcpStream) -> bool {
+/// Serves connections whose first request asks for `/events` here; every other connection
+/// goes on to HTTP with its bytes put back.
+pub fn divert(feed: Feed, keep_alive: Duration) -> Divert {
+    let head: Arc<[u8]> = response_head().into();
+    Arc::new(move |mut connection: Connection, shutdown: CancellationToken| {
+        let (feed, head) = (feed.clone(), head.clone());
+        Box::pin(async move {
+            // One deadline for the whole head: a client cannot stretch it by trickling bytes.
+            let deadline = Instant::now() + HEAD_TIMEOUT;
+            match asks_for_events(&mut connection, deadline).await {
+                Start::Events => {
+                    serve(connection, feed, &head, keep_alive, deadline, shutdown).await;
+                    None
+                }
+                Start::Other => Some(connection),
+                Start::Gone => None,
+            }
+        })
+    })
+}
+
+/// How a connection starts.
+enum Start {
+    Events,
+    /// Something else, put back for HTTP to read.
+    Other,
+    /// Closed, broken or silent past the deadline before saying.
+    Gone,
+}
+
+/// Whether the request line starts with `GET /events` (then ` ` or `?`). Reads only as far as
+/// needed to tell, and puts what it read back.
+async fn asks_for_events(connection: &mut Connection, deadline: Instant) -> Start {
     let mut start = [0u8; REQUEST.len() + 1];
-    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
-    loop {
-        let Ok(Ok(())) = tokio::time::timeout_at(deadline, stream.readable()).await else { return false };
-        match stream.peek(&mut start).await {
-            Ok(n) if n == start.len() => {
-                return start.starts_with(REQUEST) && matches!(start[REQUEST.len()], b' ' | b'?');
-            }
-            // Only part of the line so far: wait for more if it could still be ours.
-            Ok(n) if n > 0 && REQUEST.starts_with(&start[..n.min(REQUEST.len())]) => {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            _ => return false,
+    let mut filled = 0;
+    while filled < start.len() {
+        match tokio::time::timeout_at(deadline, connection.read(&mut start[filled..])).await {
+            Ok(Ok(n)) if n > 0 => filled += n,
+            // Closed by the client, a socket error, or the deadline.
+            _ => return Start::Gone,
         }
+        if !REQUEST.starts_with(&start[..filled.min(REQUEST.len())]) {
+            break;
+        }
+    }
+    connection.unread(&start[..filled]);
+    if filled == start.len() && start.starts_with(REQUEST) && matches!(start[REQUEST.len()], b' ' | b'?') {
+        Start::Events
+    } else {
+        Start::Other
     }
 }
 
 /// Reads the request head, sends the response head, then the current tallies and every
-/// change, with a comment line as keep-alive, until the client leaves or shutdown.
-async fn serve(mut stream: TcpStream, feed: Feed, keep_alive: Duration, shutdown: CancellationToken) {
-    if !read_head(&mut stream).await || stream.write_all(RESPONSE_HEAD).await.is_err() {
+/// change, with a comment line as keep-alive, until the client leaves, stops reading for
+/// longer than the write timeout ([`Connection`]), or shutdown.
+async fn serve(
+    mut stream: Connection,
+    feed: Feed,
+    response_head: &[u8],
+    keep_alive: Duration,
+    deadline: Instant,
+    shutdown: CancellationToken,
+) {
+    if !read_head(&mut stream, deadline).await {
+        return;
+    }
+    if let Err(e) = stream.cap_send_buffer(SEND_BUFFER_BYTES) {
+        tracing::debug!(error = %e, "cannot cap an event stream's send buffer");
+    }
+    if stream.write_all(response_head).await.is_err() {
         return;
     }
     let started = std::time::Instant::now();
@@ -108,7 +129,7 @@ async fn serve(mut stream: TcpStream, feed: Feed, keep_alive: Duration, shutdown
 
 /// Sends events until the client leaves or shutdown; returns how many were sent.
 async fn stream_events(
-    stream: &mut TcpStream,
+    stream: &mut Connection,
     feed: Feed,
     keep_alive: Duration,
     shutdown: CancellationToken,
@@ -139,9 +160,9 @@ async fn stream_events(
     }
 }
 
-/// Consumes the request head (up to the blank line); false if it is too long, too slow or
-/// the client went away.
-async fn read_head(stream: &mut TcpStream) -> bool {
+/// Consumes the request head (up to the blank line); false if it is too long, not complete by
+/// `deadline`, or the client went away.
+async fn read_head(stream: &mut Connection, deadline: Instant) -> bool {
     let mut head = Vec::with_capacity(512);
     let read = async {
         let mut chunk = [0u8; 512];
@@ -159,32 +180,5 @@ async fn read_head(stream: &mut TcpStream) -> bool {
             }
         }
     };
-    matches!(tokio::time::timeout(HEAD_TIMEOUT, read).await, Ok(Some(())))
-}
-
-/// The connections that are not event streams, for axum.
-#[derive(Debug)]
-pub struct Handoff {
-    accepted: mpsc::Receiver<(TcpStream, SocketAddr)>,
-    local_addr: std::io::Result<SocketAddr>,
-}
-
-impl axum::serve::Listener for Handoff {
-    type Io = TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
-        match self.accepted.recv().await {
-            Some(accepted) => accepted,
-            // The acceptor stopped (shutdown): nothing more will come.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        match &self.local_addr {
-            Ok(addr) => Ok(*addr),
-            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-        }
-    }
+    matches!(tokio::time::timeout_at(deadline, read).await, Ok(Some(())))
 }

@@ -7,6 +7,9 @@ use voting_core::VoterId;
 
 pub const COOKIE_NAME: &str = "voter_id";
 
+/// Entropy a cookie key must have: as much as the HMAC-SHA256 it keys.
+pub const MIN_SECRET_BYTES: usize = 32;
+
 /// A year: a voter stays the same voter across visits.
 const MAX_AGE_SECS: u64 = 365 * 24 * 3600;
 
@@ -18,6 +21,30 @@ pub struct CookieKey(Vec<u8>);
 impl CookieKey {
     pub fn new(secret: &[u8]) -> Self {
         Self(secret.to_vec())
+    }
+
+    /// A key from a configured secret (`COOKIE_SECRET`), which must carry at least
+    /// [`MIN_SECRET_BYTES`] bytes of entropy: 64 hex digits, 43 base64 characters, or, in
+    /// any other form, 32 bytes. Its bytes are the key as given (not decoded), so a secret
+    /// keeps signing the same cookies whatever form it was written in.
+    pub fn from_secret(secret: &str) -> Result<Self, WeakSecret> {
+        let len = secret.len();
+        let is_hex = secret.bytes().all(|b| b.is_ascii_hexdigit());
+        let is_base64 = secret
+            .trim_end_matches('=')
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_'));
+        let carries = if is_hex {
+            len / 2
+        } else if is_base64 {
+            secret.trim_end_matches('=').len() * 3 / 4
+        } else {
+            len
+        };
+        if carries < MIN_SECRET_BYTES {
+            return Err(WeakSecret { carries });
+        }
+        Ok(Self::new(secret.as_bytes()))
     }
 
     pub fn random() -> Self {
@@ -54,6 +81,16 @@ impl std::fmt::Debug for CookieKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("CookieKey(..)")
     }
+}
+
+/// A cookie secret too short to sign cookies nobody can forge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "COOKIE_SECRET carries {carries} bytes of entropy; it needs {MIN_SECRET_BYTES}: \
+     64 hex digits (`openssl rand -hex 32`), 43 base64 characters, or 32 bytes"
+)]
+pub struct WeakSecret {
+    carries: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -100,6 +137,22 @@ mod tests {
         for malformed in ["", "abc", "abc.def", &format!("{voter}"), &format!("{voter}.zz")] {
             assert_eq!(key.verify(malformed), Err(BadCookie::Malformed), "{malformed}");
         }
+    }
+
+    #[test]
+    fn a_secret_needs_32_bytes_of_entropy_in_whatever_form() {
+        let hex32 = "0123456789abcdef".repeat(4);
+        assert!(CookieKey::from_secret(&hex32).is_ok());
+        assert!(CookieKey::from_secret(&hex32[..48]).is_err(), "24 bytes in hex");
+        assert!(CookieKey::from_secret("sixteen chars!!!").is_err());
+        assert!(
+            CookieKey::from_secret("q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=").is_ok(),
+            "32 bytes in base64"
+        );
+        assert!(CookieKey::from_secret("q83vEjRWeJq83vEjRWeJq83vEjRWeJ==").is_err(), "22 bytes in base64");
+        assert!(CookieKey::from_secret("test cookie key, 32 bytes long!!").is_ok());
+        let message = CookieKey::from_secret("short").unwrap_err().to_string();
+        assert!(message.contains("32") && !message.contains("short"), "{message}");
     }
 
     #[test]

@@ -1,23 +1,33 @@
 //! Everything a vote request can fail with, and the status each earns. A failure never
 //! records a vote: validation happens before the queue, and a queue error is never success.
 
+use std::time::Duration;
+
 use axum::http::StatusCode;
 use voting_core::queue::QueueError;
 
+use super::body::BadBody;
 use super::cookie::BadCookie;
+use super::origin::CrossSite;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VoteError {
-    /// 400: the option is not on the ballot.
+    /// 400: the option is not on the ballot (kept [`printable`]: it is the client's text).
     #[error("`{0}` is not an option on this ballot")]
     UnknownOption(String),
     /// 400: the `voter_id` cookie is malformed or forged.
     #[error(transparent)]
     BadCookie(#[from] BadCookie),
-    /// 4xx as the body extractor decided: malformed JSON or form, a missing field, the wrong
-    /// content type (415), a body over 16 KiB (413).
-    #[error("{message}")]
-    BadRequest { status: StatusCode, message: String },
+    /// 4xx as [`BadBody::status`] says: no vote in the body, the wrong media type (415), over
+    /// 16 KiB (413), too slow to arrive (408).
+    #[error(transparent)]
+    BadBody(#[from] BadBody),
+    /// 403: posted by another site's page.
+    #[error(transparent)]
+    CrossSite(#[from] CrossSite),
+    /// 429 with `Retry-After`: this client address made too many new voters lately.
+    #[error("too many new voters from your network; please try again in {} s", retry_after_secs(*.0))]
+    TooManyNewVoters(Duration),
     /// 503 with `Retry-After`: the vote was not handed over, or it is not known whether it
     /// was (then also `Vote-Outcome: unknown`), so it must not be reported as recorded.
     #[error("votes cannot be recorded right now; please try again")]
@@ -28,8 +38,19 @@ impl VoteError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::UnknownOption(_) | Self::BadCookie(_) => StatusCode::BAD_REQUEST,
-            Self::BadRequest { status, .. } => *status,
+            Self::BadBody(bad) => bad.status(),
+            Self::CrossSite(_) => StatusCode::FORBIDDEN,
+            Self::TooManyNewVoters(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The `Retry-After` to send, in seconds, if any.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::TooManyNewVoters(wait) => Some(retry_after_secs(*wait)),
+            Self::Unavailable(_) => Some(1),
+            _ => None,
         }
     }
 
@@ -42,14 +63,40 @@ impl VoteError {
     }
 }
 
-impl From<axum::extract::rejection::JsonRejection> for VoteError {
-    fn from(rejection: axum::extract::rejection::JsonRejection) -> Self {
-        Self::BadRequest { status: rejection.status(), message: rejection.body_text() }
-    }
+/// Whole seconds, rounded up: `Retry-After: 0` would invite an immediate retry.
+fn retry_after_secs(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
-impl From<axum::extract::rejection::FormRejection> for VoteError {
-    fn from(rejection: axum::extract::rejection::FormRejection) -> Self {
-        Self::BadRequest { status: rejection.status(), message: rejection.body_text() }
+/// Client text made safe to log and to show: at most `max_chars` characters, control
+/// characters (a newline that would forge a log line, terminal escapes, NUL) escaped as
+/// `\u{..}`.
+pub fn printable(text: &str, max_chars: usize) -> String {
+    let mut out = String::new();
+    for c in text.chars().take(max_chars) {
+        if c.is_control() {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_text_loses_its_control_characters_and_its_length() {
+        assert_eq!(printable("a\nb\u{1b}[31m\0", 40), "a\\u{a}b\\u{1b}[31m\\u{0}");
+        assert_eq!(printable(&"x".repeat(100), 40).len(), 40);
+        assert_eq!(printable("Ünïcode ok", 40), "Ünïcode ok");
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
     }
 }

@@ -6,28 +6,40 @@
 //! - `POST /` (form `vote=<id>`): records the vote, answers 200 with the page and the choice
 //!   marked (the original app's contract, so its `ab` load works unchanged).
 //! - `POST /api/vote` (JSON `{"vote": "<id>"}`): 202 with `{"voter_id", "vote"}`.
+//!
+//! Before a vote is recorded: a post from another site's page is refused ([`origin`]), the
+//! body is read within its limits and parsed ([`body`]), and a request that creates a new
+//! voter counts against its client's allowance ([`limit`]).
 
+pub mod body;
 pub mod cookie;
 pub mod error;
+pub mod limit;
+pub mod origin;
 pub mod recent;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use askama::Template;
 use axum::Router;
-use axum::extract::rejection::{FormRejection, JsonRejection};
-use axum::extract::{Form, Json, State};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Json, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use voting_core::queue::VoteQueue;
 use voting_core::{Ballot, BallotOption, Vote, VoterId};
 
+use self::body::BadBody;
 use self::cookie::CookieKey;
-use self::error::VoteError;
+use self::error::{VoteError, printable};
+use self::limit::{NewVoterLimit, NewVoterPolicy};
+use self::origin::PublicOrigins;
 use self::recent::RecentChoices;
+use crate::http::client::client_ip;
+use crate::http::connection::ConnectionLimits;
 use crate::http::{Server, came_over_https, compressed, health_routes};
 
 #[derive(Debug, Clone)]
@@ -36,6 +48,12 @@ pub struct VoteConfig {
     pub cookie_key: CookieKey,
     /// Shown in the page footer.
     pub instance: String,
+    /// How fast one client may create new voters.
+    pub new_voters: NewVoterPolicy,
+    /// Sites besides this one whose pages may post votes.
+    pub public_origins: PublicOrigins,
+    /// Connection caps of this process, and the proxies trusted to name a request's client.
+    pub connections: ConnectionLimits,
 }
 
 /// What every handler shares, behind an `Arc`: a request clones one pointer, not the ballot,
@@ -46,11 +64,13 @@ struct AppState<Q> {
     queue: Q,
     /// Marks a returning voter's choice on `GET /`.
     recent: RecentChoices,
+    new_voters: NewVoterLimit,
 }
 
 /// Binds the vote service; [`Server::run`] serves it.
 pub async fn build<Q: VoteQueue>(addr: SocketAddr, config: VoteConfig, queue: Q) -> std::io::Result<Server> {
-    Server::bind(addr, router(config, queue)).await
+    let connections = config.connections.clone();
+    Server::bind(addr, router(config, queue), connections).await
 }
 
 pub fn router<Q: VoteQueue>(config: VoteConfig, queue: Q) -> Router {
@@ -59,11 +79,12 @@ pub fn router<Q: VoteQueue>(config: VoteConfig, queue: Q) -> Router {
         let queue = ready_queue.clone();
         async move { queue.ping().await.map_err(|e| e.to_string()) }
     };
+    let new_voters = NewVoterLimit::new(config.new_voters.clone());
     compressed(
         Router::new()
             .route("/", get(page::<Q>).post(vote_form::<Q>))
             .route("/api/vote", post(vote_api::<Q>))
-            .with_state(Arc::new(AppState { config, queue, recent: RecentChoices::default() }))
+            .with_state(Arc::new(AppState { config, queue, recent: RecentChoices::default(), new_voters }))
             .merge(crate::assets::routes()),
     )
     .merge(health_routes(ready))
@@ -77,10 +98,14 @@ struct Voter {
 }
 
 impl Voter {
-    fn of(headers: &HeaderMap, key: &CookieKey) -> Result<Self, VoteError> {
+    /// The voter of the request's cookie; without one, a new voter, if `client` may still
+    /// create one.
+    fn of<Q>(state: &AppState<Q>, headers: &HeaderMap, client: IpAddr) -> Result<Self, VoteError> {
+        let key = &state.config.cookie_key;
         match cookie::from_headers(headers) {
             Some(value) => Ok(Self { id: key.verify(value)?, new_cookie: None }),
             None => {
+                state.new_voters.admit(client).map_err(VoteError::TooManyNewVoters)?;
                 let id = VoterId::random();
                 let new_cookie = cookie::set_cookie(&key.sign(&id), came_over_https(headers));
                 Ok(Self { id, new_cookie: Some(new_cookie) })
@@ -89,18 +114,36 @@ impl Voter {
     }
 }
 
+/// A vote request, from its first header to the queue: the origin, the body, the option, the
+/// voter, then the hand-over.
+async fn accept<Q: VoteQueue>(
+    state: &AppState<Q>,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: Body,
+    parse: fn(Option<&str>, &[u8]) -> Result<String, BadBody>,
+) -> Result<(Voter, BallotOption), VoteError> {
+    origin::check(headers, &state.config.public_origins)?;
+    let bytes = body::read(body).await?;
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let raw_option = parse(content_type, &bytes)?;
+    let client = client_ip(peer.ip(), headers, state.config.connections.trusted_proxies());
+    record(state, headers, client, &raw_option).await
+}
+
 async fn record<Q: VoteQueue>(
     state: &AppState<Q>,
     headers: &HeaderMap,
+    client: IpAddr,
     raw_option: &str,
 ) -> Result<(Voter, BallotOption), VoteError> {
     let option = state
         .config
         .ballot
         .option(raw_option)
-        .ok_or_else(|| VoteError::UnknownOption(raw_option.chars().take(40).collect()))?
+        .ok_or_else(|| VoteError::UnknownOption(printable(raw_option, 40)))?
         .clone();
-    let voter = Voter::of(headers, &state.config.cookie_key)?;
+    let voter = Voter::of(state, headers, client)?;
     state.queue.publish(&Vote::now(voter.id, option.id.clone())).await?;
     state.recent.remember(voter.id, option.id.clone());
     Ok((voter, option))
@@ -155,20 +198,13 @@ async fn page<Q: VoteQueue>(State(state): State<Arc<AppState<Q>>>, headers: Head
     response
 }
 
-#[derive(Debug, Deserialize)]
-struct VoteForm {
-    vote: String,
-}
-
 async fn vote_form<Q: VoteQueue>(
     State(state): State<Arc<AppState<Q>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    form: Result<Form<VoteForm>, FormRejection>,
+    body: Body,
 ) -> Response {
-    let outcome = match form {
-        Ok(Form(form)) => record(&state, &headers, &form.vote).await,
-        Err(rejection) => Err(rejection.into()),
-    };
+    let outcome = accept(&state, peer, &headers, body, body::parse_form).await;
     let page = |chosen, error| VotePage {
         ballot: &state.config.ballot,
         chosen,
@@ -190,11 +226,6 @@ async fn vote_form<Q: VoteQueue>(
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct VoteRequest {
-    vote: String,
-}
-
 #[derive(Debug, Serialize)]
 struct VoteAccepted {
     voter_id: String,
@@ -208,13 +239,11 @@ struct ApiError {
 
 async fn vote_api<Q: VoteQueue>(
     State(state): State<Arc<AppState<Q>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Result<Json<VoteRequest>, JsonRejection>,
+    body: Body,
 ) -> Response {
-    let outcome = match body {
-        Ok(Json(request)) => record(&state, &headers, &request.vote).await,
-        Err(rejection) => Err(rejection.into()),
-    };
+    let outcome = accept(&state, peer, &headers, body, body::parse_json).await;
     match outcome {
         Ok((voter, option)) => {
             let accepted = VoteAccepted { voter_id: voter.id.to_string(), vote: option.id.to_string() };
@@ -237,14 +266,16 @@ fn set_cookie(response: &mut Response, cookie: Option<String>) {
     }
 }
 
-/// Tells clients to retry, and those who count votes (`voting load --verify`) whether this
-/// one may have been recorded after all.
+/// Tells clients when to retry, and those who count votes (`voting load --verify`) whether
+/// this one may have been recorded after all.
 fn retry_after(response: &mut Response, error: &VoteError) {
-    if let VoteError::Unavailable(cause) = error {
-        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        if cause.outcome_unknown() {
-            response.headers_mut().insert(VOTE_OUTCOME, header::HeaderValue::from_static("unknown"));
-        }
+    if let Some(seconds) = error.retry_after() {
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+    }
+    if let VoteError::Unavailable(cause) = error
+        && cause.outcome_unknown()
+    {
+        response.headers_mut().insert(VOTE_OUTCOME, header::HeaderValue::from_static("unknown"));
     }
 }
 

@@ -16,6 +16,7 @@ use voting_core::backoff::Backoff;
 use voting_core::queue::{ConsumerSettings, Delivery, QueueConsumer, VoteQueue};
 use voting_core::store::VoteStore;
 
+use crate::http::connection::ConnectionLimits;
 use crate::http::{Server, health_routes};
 
 #[derive(Debug, Clone)]
@@ -41,7 +42,13 @@ pub struct WorkerService<Q, S> {
 }
 
 impl<Q: VoteQueue, S: VoteStore> WorkerService<Q, S> {
-    pub async fn build(addr: SocketAddr, config: WorkerConfig, queue: Q, store: S) -> std::io::Result<Self> {
+    pub async fn build(
+        addr: SocketAddr,
+        config: WorkerConfig,
+        connections: ConnectionLimits,
+        queue: Q,
+        store: S,
+    ) -> std::io::Result<Self> {
         let (ready_queue, ready_store) = (queue.clone(), store.clone());
         let ready = move || {
             let (queue, store) = (ready_queue.clone(), ready_store.clone());
@@ -50,7 +57,7 @@ impl<Q: VoteQueue, S: VoteStore> WorkerService<Q, S> {
                 store.ping().await.map_err(|e| e.to_string())
             }
         };
-        let server = Server::bind(addr, Router::new().merge(health_routes(ready))).await?;
+        let server = Server::bind(addr, Router::new().merge(health_routes(ready)), connections).await?;
         Ok(Self { server, worker: Worker::new(config, queue, store) })
     }
 

@@ -7,9 +7,12 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use voting::http::connection::ConnectionLimits;
 use voting::result::{ResultConfig, ResultService};
 use voting::vote::VoteConfig;
 use voting::vote::cookie::CookieKey;
+use voting::vote::limit::NewVoterPolicy;
+use voting::vote::origin::PublicOrigins;
 use voting::worker::{Worker, WorkerConfig};
 use voting_core::queue::redis::RedisQueue;
 use voting_core::queue::{ConsumerSettings, Durability};
@@ -71,6 +74,9 @@ impl TestSystem {
                 ballot: ballot.clone(),
                 cookie_key: CookieKey::new(b"test cookie key, 32 bytes long!!"),
                 instance: "test".into(),
+                new_voters: NewVoterPolicy::default(),
+                public_origins: PublicOrigins::default(),
+                connections: ConnectionLimits::default(),
             },
             RedisQueue::new(&redis.url(), Durability::Fast, Duration::from_millis(100)).unwrap(),
         )
@@ -82,6 +88,7 @@ impl TestSystem {
                 ballot: ballot.clone(),
                 refresh: Duration::from_millis(1000),
                 instance: "test".into(),
+                connections: ConnectionLimits::default(),
             },
             store,
             shutdown.clone(),

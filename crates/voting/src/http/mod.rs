@@ -1,5 +1,9 @@
-//! What every HTTP service here shares: binding, the middleware stack, health endpoints,
-//! static assets, and serving until shutdown.
+//! What every HTTP service here shares: binding, serving connections within their limits
+//! ([`connection`]), knowing who a request comes from ([`client`]), the middleware stack,
+//! health endpoints, and serving until shutdown.
+
+pub mod client;
+pub mod connection;
 
 use std::future::Future;
 use std::io;
@@ -13,6 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use self::connection::{ConnectionLimits, Divert};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
@@ -25,8 +31,27 @@ use tracing::Level;
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// How long a request may take before it is answered 503. Does not cover SSE bodies, only
-/// the time to the response head.
+/// the time to the response head. Longer than [`BODY_TIMEOUT`], so a slow body gets its 408.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a request body may take to arrive once its head has: a vote is a few bytes, and a
+/// 16 KiB body at this pace is still 3 KiB/s. Slower gets 408.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Hardening headers of every response, the hand-written event streams' included.
+pub const SECURITY_HEADERS: [(HeaderName, &str); 4] = [
+    (
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; \
+         connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    ),
+    (header::X_FRAME_OPTIONS, "DENY"),
+    // Not `no-referrer`: under it browsers send `Origin: null` with the page's own form posts,
+    // which the vote service must refuse as it refuses other sites' posts. `same-origin` still
+    // tells other sites nothing.
+    (header::REFERRER_POLICY, "same-origin"),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+];
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -36,12 +61,13 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct Server {
     listener: TcpListener,
     router: Router,
+    limits: ConnectionLimits,
 }
 
 impl Server {
-    pub async fn bind(addr: SocketAddr, router: Router) -> io::Result<Self> {
+    pub async fn bind(addr: SocketAddr, router: Router, limits: ConnectionLimits) -> io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
-        Ok(Self { listener, router: with_middleware(router) })
+        Ok(Self { listener, router: with_middleware(router), limits })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -53,22 +79,13 @@ impl Server {
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> io::Result<()> {
-        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown.cancelled_owned()).await
+        connection::serve(self.listener, self.router, self.limits, None, shutdown).await
     }
 
-    /// Serves the connections that `divert` passes on from the bound socket, for a service
-    /// that answers some connections itself (the result service's event streams).
-    pub async fn run_diverted<L>(
-        self,
-        divert: impl FnOnce(TcpListener) -> L,
-        shutdown: CancellationToken,
-    ) -> io::Result<()>
-    where
-        L: axum::serve::Listener<Addr = SocketAddr>,
-    {
-        axum::serve(divert(self.listener), self.router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
+    /// Like [`Server::run`], but every new connection goes through `divert` first, for a
+    /// service that answers some connections itself (the result service's event streams).
+    pub async fn run_diverted(self, divert: Divert, shutdown: CancellationToken) -> io::Result<()> {
+        connection::serve(self.listener, self.router, self.limits, Some(divert), shutdown).await
     }
 }
 
@@ -87,28 +104,26 @@ fn with_middleware(router: Router) -> Router {
     // One stack applied once: each separate `Router::layer` wraps every route again, and a
     // request then pays a boxed-service clone per layer (visible in the vote profile).
     let stack = tower::ServiceBuilder::new()
-        .layer(SetRequestIdLayer::new(X_REQUEST_ID, SequentialRequestId::new()))
+        .map_request(drop_unsafe_request_id)
+        .layer(SetRequestIdLayer::new(X_REQUEST_ID, RandomRequestId))
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
         .layer(trace)
         .layer(CatchPanicLayer::new())
         .layer(SetResponseHeaderLayer::if_not_present(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(
-                "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; \
-                 connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
-            ),
+            SECURITY_HEADERS[0].0.clone(),
+            HeaderValue::from_static(SECURITY_HEADERS[0].1),
         ))
         .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_FRAME_OPTIONS,
-            HeaderValue::from_static("DENY"),
+            SECURITY_HEADERS[1].0.clone(),
+            HeaderValue::from_static(SECURITY_HEADERS[1].1),
         ))
         .layer(SetResponseHeaderLayer::if_not_present(
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
+            SECURITY_HEADERS[2].0.clone(),
+            HeaderValue::from_static(SECURITY_HEADERS[2].1),
         ))
         .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
+            SECURITY_HEADERS[3].0.clone(),
+            HeaderValue::from_static(SECURITY_HEADERS[3].1),
         ))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
@@ -125,26 +140,37 @@ pub fn compressed(router: Router) -> Router {
     router.layer(CompressionLayer::new())
 }
 
-/// Request ids `<process>-<sequence>`: unique across replicas (a random process prefix) and
-/// cheap. A UUID per request cost a `getrandom` system call each, visible in the vote
-/// service's profile at full load.
-#[derive(Debug, Clone)]
-struct SequentialRequestId {
-    process: u32,
-    next: std::sync::Arc<std::sync::atomic::AtomicU64>,
-}
+/// Random request ids, 64 bits in hex: unique enough to find a request's log line, and
+/// unlike a counter they tell a client nothing about how many requests came before. The
+/// thread-local generator costs no system call per request.
+#[derive(Debug, Clone, Copy)]
+struct RandomRequestId;
 
-impl SequentialRequestId {
-    fn new() -> Self {
-        Self { process: rand::random(), next: Default::default() }
-    }
-}
-
-impl MakeRequestId for SequentialRequestId {
+impl MakeRequestId for RandomRequestId {
     fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
-        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{:08x}-{n:x}", self.process)).ok().map(RequestId::new)
+        HeaderValue::from_str(&format!("{:016x}", rand::random::<u64>())).ok().map(RequestId::new)
     }
+}
+
+/// Longest `X-Request-Id` taken from a client (a proxy's id, say, to follow a request across
+/// both logs).
+const MAX_REQUEST_ID_LEN: usize = 64;
+
+/// Keeps a client's `X-Request-Id` only if it is short and made of letters, digits, `-`, `_`,
+/// `.` and `:`; anything else would be echoed and logged as sent, so one is made instead.
+fn drop_unsafe_request_id(mut request: Request) -> Request {
+    let safe = |id: &HeaderValue| {
+        let id = id.as_bytes();
+        !id.is_empty()
+            && id.len() <= MAX_REQUEST_ID_LEN
+            && id.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    };
+    let ids = request.headers().get_all(X_REQUEST_ID);
+    let keep = ids.iter().count() == 1 && ids.iter().all(safe);
+    if !keep {
+        request.headers_mut().remove(X_REQUEST_ID);
+    }
+    request
 }
 
 /// `/healthz` (the process is alive) and `/readyz` (its dependencies answer), the latter
@@ -161,17 +187,19 @@ where
             async move {
                 match tokio::time::timeout(Duration::from_secs(2), ready()).await {
                     Ok(Ok(())) => (StatusCode::OK, "ready\n".to_owned()).into_response(),
-                    Ok(Err(why)) => not_ready(why),
-                    Err(_) => not_ready("dependency check timed out".into()),
+                    Ok(Err(why)) => not_ready(&why),
+                    Err(_) => not_ready("dependency check timed out"),
                 }
             }
         }),
     )
 }
 
-fn not_ready(why: String) -> Response {
-    (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], format!("not ready: {why}\n"))
-        .into_response()
+/// 503 with a generic body: what failed inside (addresses, error texts) is for the logs, not
+/// for whoever asks.
+fn not_ready(why: &str) -> Response {
+    tracing::warn!(reason = why, "not ready");
+    (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], "not ready\n").into_response()
 }
 
 /// The host the request was made to reached over HTTPS, as a TLS-terminating proxy reports it.
