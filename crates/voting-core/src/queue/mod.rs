@@ -136,8 +136,9 @@ pub(crate) mod fields {
     pub const CAST_AT: &str = "cast_at";
 }
 
-/// Reads a vote out of an entry's fields, or says why it is not one.
-pub(crate) fn decode_vote(fields: &[(String, String)]) -> Result<Vote, Malformed> {
+/// Reads a vote out of an entry's fields, or says why it is not one. Public for the fuzz
+/// targets: an entry is input from whoever can write to the queue.
+pub fn decode_vote(fields: &[(String, String)]) -> Result<Vote, Malformed> {
     let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     let malformed = |reason: String| Malformed { fields: fields.to_vec(), reason };
     let voter: VoterId = field(fields::VOTER)
@@ -154,7 +155,7 @@ pub(crate) fn decode_vote(fields: &[(String, String)]) -> Result<Vote, Malformed
 }
 
 /// Encodes a vote as entry fields.
-pub(crate) fn encode_vote(vote: &Vote) -> [(&'static str, String); 3] {
+pub fn encode_vote(vote: &Vote) -> [(&'static str, String); 3] {
     [
         (fields::VOTER, vote.voter.to_string()),
         (fields::OPTION, vote.option.to_string()),
@@ -185,6 +186,8 @@ impl std::fmt::Display for Durability {
 
 #[cfg(test)]
 mod tests {
+    use proptest::strategy::Strategy;
+
     use super::*;
 
     #[test]
@@ -192,6 +195,35 @@ mod tests {
         let vote = Vote::now(VoterId::random(), OptionId::parse("a").unwrap());
         let fields: Vec<_> = encode_vote(&vote).map(|(k, v)| (k.to_owned(), v)).into();
         assert_eq!(decode_vote(&fields).unwrap(), vote);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_entry_decodes_to_a_vote_that_encodes_back_or_to_a_reason(
+            fields in proptest::collection::vec(
+                (proptest::sample::select(vec!["voter", "option", "cast_at", "other", ""]).prop_map(str::to_owned), ".{0,40}"),
+                0..6,
+            )
+        ) {
+            match decode_vote(&fields) {
+                Ok(vote) => {
+                    let again: Vec<_> = encode_vote(&vote).map(|(k, v)| (k.to_owned(), v)).into();
+                    proptest::prop_assert_eq!(decode_vote(&again).unwrap(), vote);
+                }
+                Err(malformed) => {
+                    proptest::prop_assert!(!malformed.reason.is_empty());
+                    proptest::prop_assert_eq!(malformed.fields, fields);
+                }
+            }
+        }
+
+        #[test]
+        fn every_vote_survives_encoding(voter in proptest::array::uniform16(0u8..), option in "[a-z0-9_-]{1,32}", cast_at_ms in proptest::num::i64::ANY) {
+            let voter: VoterId = hex::encode(voter).parse().unwrap();
+            let vote = Vote { voter, option: OptionId::parse(&option).unwrap(), cast_at_ms };
+            let fields: Vec<_> = encode_vote(&vote).map(|(k, v)| (k.to_owned(), v)).into();
+            proptest::prop_assert_eq!(decode_vote(&fields).unwrap(), vote);
+        }
     }
 
     #[test]

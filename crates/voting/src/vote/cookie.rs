@@ -155,6 +155,22 @@ mod tests {
         assert!(message.contains("32") && !message.contains("short"), "{message}");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn no_value_but_our_own_signature_verifies(value in ".{0,80}", voter in proptest::array::uniform16(0u8..), flip in 0usize..49) {
+            let key = CookieKey::new(b"a key for property tests, 32 bytes!");
+            proptest::prop_assert!(key.verify(&value).is_err());
+            let voter: VoterId = hex::encode(voter).parse().unwrap();
+            let cookie = key.sign(&voter);
+            proptest::prop_assert_eq!(key.verify(&cookie), Ok(voter));
+            // Any one character changed (but for hex case) and it is refused.
+            let mut bytes = cookie.clone().into_bytes();
+            bytes[flip] = if bytes[flip] == b'0' { b'1' } else { b'0' };
+            let tampered = String::from_utf8(bytes).unwrap();
+            proptest::prop_assert!(key.verify(&tampered).is_err(), "{} verified", tampered);
+        }
+    }
+
     #[test]
     fn the_cookie_is_http_only_and_secure_over_https() {
         let cookie = set_cookie("v", true);

@@ -281,3 +281,94 @@ fn retry_after(response: &mut Response, error: &VoteError) {
 
 /// Set to `unknown` on a 503 whose vote may have been recorded nonetheless.
 pub const VOTE_OUTCOME: header::HeaderName = header::HeaderName::from_static("vote-outcome");
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::http::Request;
+    use proptest::prelude::*;
+    use tower::ServiceExt;
+    use voting_core::queue::embedded::EmbeddedQueue;
+    use voting_core::queue::{ConsumerSettings, QueueConsumer};
+
+    use super::*;
+
+    /// Bodies a client might send: random bytes, near-misses of a vote, and votes.
+    fn bodies() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..256),
+            "(vote|Vote|vote\\[\\]|)=[a-c%0-9A-F&=+]{0,12}".prop_map(String::into_bytes),
+            "\\{\"vote\": ?(\"[a-d\\\\u0000-\\\\u001f]{0,3}\"|[0-9]|null|\\[\\]|\\{\\})\\}"
+                .prop_map(String::into_bytes),
+            Just(b"vote=a".to_vec()),
+            Just(br#"{"vote":"b"}"#.to_vec()),
+        ]
+    }
+
+    fn content_types() -> impl Strategy<Value = Option<String>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(body::FORM.to_owned())),
+            Just(Some(body::JSON.to_owned())),
+            Just(Some("APPLICATION/JSON; charset=utf-8".to_owned())),
+            "[ -~]{0,40}".prop_map(Some),
+        ]
+    }
+
+    /// Whatever arrives, the answer is never a 5xx, and exactly the answers that say a vote
+    /// was recorded put one in the queue.
+    #[test]
+    fn no_request_gets_a_5xx_or_records_a_vote_it_was_refused() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let queue = runtime.block_on(EmbeddedQueue::open(&data.path().join("queue.sqlite"))).unwrap();
+        let config = VoteConfig {
+            ballot: Ballot::parse("a=Cats,b=Dogs,c=Birds").unwrap(),
+            cookie_key: CookieKey::random(),
+            instance: "proptest".into(),
+            new_voters: NewVoterPolicy::default(),
+            public_origins: PublicOrigins::default(),
+            connections: ConnectionLimits::default(),
+        };
+        let app = router(config, queue.clone());
+        let accepted = std::cell::Cell::new(0usize);
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(512));
+        let strategy = (
+            prop_oneof![Just("/"), Just("/api/vote")],
+            content_types(),
+            bodies(),
+            proptest::option::of("[ -~]{0,60}"),
+        );
+        runner
+            .run(&strategy, |(path, content_type, body, cookie)| {
+                let mut request = Request::post(path);
+                if let Some(content_type) = content_type {
+                    request = request.header(header::CONTENT_TYPE, content_type);
+                }
+                if let Some(cookie) = cookie {
+                    request = request.header(header::COOKIE, format!("voter_id={cookie}"));
+                }
+                let mut request = request.body(Body::from(body)).unwrap();
+                request.extensions_mut().insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
+                let status = runtime.block_on(app.clone().oneshot(request)).unwrap().status();
+                prop_assert!(!status.is_server_error(), "{status}");
+                if status.is_success() {
+                    accepted.set(accepted.get() + 1);
+                }
+                Ok(())
+            })
+            .unwrap();
+        let queued = runtime.block_on(async {
+            let settings = ConsumerSettings {
+                name: "count".into(),
+                batch_size: 100_000,
+                claim_idle: Duration::from_secs(60),
+                block: Duration::from_millis(10),
+            };
+            queue.consumer(settings).await.unwrap().next_batch().await.unwrap().len()
+        });
+        assert_eq!(queued, accepted.get(), "votes queued vs votes acknowledged");
+        assert!(accepted.get() > 0, "the strategy produces valid votes too");
+    }
+}

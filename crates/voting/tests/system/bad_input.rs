@@ -74,7 +74,15 @@ async fn each_bad_input_gets_its_4xx_and_records_nothing() {
             StatusCode::UNPROCESSABLE_ENTITY,
             "missing field `vote`",
         ),
-        ("malformed JSON", "/api/vote", json, r#"{"vote":"#.into(), None, StatusCode::BAD_REQUEST, "not valid JSON"),
+        (
+            "malformed JSON",
+            "/api/vote",
+            json,
+            r#"{"vote":"#.into(),
+            None,
+            StatusCode::BAD_REQUEST,
+            "not valid JSON",
+        ),
         (
             "vote of the wrong type",
             "/api/vote",
@@ -152,7 +160,10 @@ async fn each_bad_input_gets_its_4xx_and_records_nothing() {
         let (got, got_type, text) = post(&system, path, content_type, body, cookie).await;
         assert_eq!(got, status, "{name}: {text}");
         assert!(text.contains(message), "{name}: `{text}` does not say `{message}`");
-        assert!(!text.contains("VoteRequest") && !text.contains("struct"), "{name}: our internals in `{text}`");
+        assert!(
+            !text.contains("VoteRequest") && !text.contains("struct"),
+            "{name}: our internals in `{text}`"
+        );
         let expected_type = if path == "/" { "text/html" } else { "application/json" };
         assert!(got_type.starts_with(expected_type), "{name}: answered {got_type}");
     }
