@@ -17,8 +17,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-use self::connection::{ConnectionLimits, Divert};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
@@ -26,6 +24,8 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
+
+use self::connection::{ConnectionLimits, Divert};
 
 /// Largest request body accepted; a vote is a few bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -56,7 +56,8 @@ pub const SECURITY_HEADERS: [(HeaderName, &str); 4] = [
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A bound, not yet serving, HTTP service: `build` binds (so tests can ask for port 0 and
-/// read the port), `run` serves until the shutdown token fires and in-flight requests end.
+/// read the port), `run` serves, each connection within `limits`, until the shutdown token
+/// fires and in-flight requests end.
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
