@@ -71,6 +71,23 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// [`wait_until`] for async conditions, in async tests: polls `check` until it returns true
+/// or `timeout` passes, without blocking the runtime. Returns whether it held. `check` is
+/// always called at least once, and once more at the deadline.
+pub async fn eventually<F: AsyncFnMut() -> bool>(timeout: Duration, mut check: F) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL_INTERVAL.min(deadline - now)).await;
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bind port 0, read it, drop the listener).
 ///
 /// Another process can grab the port between this call and the server binding

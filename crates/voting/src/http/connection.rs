@@ -80,10 +80,6 @@ impl ConnectionLimits {
         }))
     }
 
-    pub fn max_open(&self) -> usize {
-        self.0.max_open
-    }
-
     pub fn trusted_proxies(&self) -> &Cidrs {
         &self.0.trusted_proxies
     }

@@ -20,7 +20,6 @@ use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
-use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
@@ -110,25 +109,21 @@ fn with_middleware(router: Router) -> Router {
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
         .layer(trace)
         .layer(CatchPanicLayer::new())
-        .layer(SetResponseHeaderLayer::if_not_present(
-            SECURITY_HEADERS[0].0.clone(),
-            HeaderValue::from_static(SECURITY_HEADERS[0].1),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            SECURITY_HEADERS[1].0.clone(),
-            HeaderValue::from_static(SECURITY_HEADERS[1].1),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            SECURITY_HEADERS[2].0.clone(),
-            HeaderValue::from_static(SECURITY_HEADERS[2].1),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            SECURITY_HEADERS[3].0.clone(),
-            HeaderValue::from_static(SECURITY_HEADERS[3].1),
-        ))
+        .map_response(harden)
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     router.layer(stack)
+}
+
+/// Adds the [`SECURITY_HEADERS`] a handler did not set itself.
+fn harden<B>(mut response: axum::http::Response<B>) -> axum::http::Response<B> {
+    let headers = response.headers_mut();
+    for (name, value) in SECURITY_HEADERS {
+        if !headers.contains_key(&name) {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+    }
+    response
 }
 
 /// Compresses the responses of these routes (pages, JSON, assets) when the client accepts it.

@@ -3,8 +3,6 @@
 //! fuzz targets drive exactly what the handlers run. Their messages are ours, short and free
 //! of the input and of our type names.
 
-use std::time::Duration;
-
 use axum::body::{Body, Bytes};
 use axum::http::StatusCode;
 
@@ -54,11 +52,7 @@ const JSON_SHAPE: &str = "expected a JSON object with a string field `vote`, suc
 
 /// The body, read within [`BODY_TIMEOUT`] and [`MAX_BODY_BYTES`].
 pub async fn read(body: Body) -> Result<Bytes, BadBody> {
-    read_within(body, BODY_TIMEOUT).await
-}
-
-async fn read_within(body: Body, timeout: Duration) -> Result<Bytes, BadBody> {
-    match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
         Err(_) => Err(BadBody::TooSlow),
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(e)) => match e.into_inner().is::<http_body_util::LengthLimitError>() {

@@ -21,13 +21,9 @@ const HELD: usize = 300;
 async fn an_fd_limited_instance_keeps_serving_after_a_partial_request_flood() {
     let limit = format!("--nofile={NOFILE}");
     let up = UpBinary::start(&["prlimit", &limit, "--"], &[], &[]);
+    assert!(up.ready().await, "voting up starts with {NOFILE} descriptors: {}", up.process.log());
     let http =
         reqwest::Client::builder().timeout(Duration::from_secs(5)).pool_max_idle_per_host(0).build().unwrap();
-    let ready = eventually(Duration::from_secs(20), async || {
-        ok(&http, up.vote, "/readyz").await && ok(&http, up.result, "/readyz").await
-    })
-    .await;
-    assert!(ready, "voting up starts with {NOFILE} descriptors: {}", up.process.log());
     let pid = up.pid();
     let idle_fds = descriptors(pid);
 

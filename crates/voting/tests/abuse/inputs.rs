@@ -14,12 +14,8 @@ use crate::{ANY_PORT, InProcess, UpBinary, eventually};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_characters_in_input_reach_neither_the_log_nor_the_page_raw() {
     let up = UpBinary::start(&[], &[], &[]);
+    assert!(up.ready().await, "voting up starts: {}", up.process.log());
     let http = reqwest::Client::new();
-    let ready = eventually(Duration::from_secs(20), async || {
-        http.get(format!("http://{}/readyz", up.vote)).send().await.is_ok_and(|r| r.status() == 200)
-    })
-    .await;
-    assert!(ready);
     // A newline that would start a forged log line, a terminal escape, a NUL.
     let response = http
         .post(format!("http://{}/", up.vote))

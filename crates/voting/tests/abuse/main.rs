@@ -11,7 +11,7 @@ mod origins;
 mod stuffing;
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use voting::up::{Up, UpConfig};
 use voting_testkit::Process;
+pub use voting_testkit::eventually;
 
 pub const ANY_PORT: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
@@ -174,6 +175,15 @@ impl UpBinary {
     pub fn pid(&self) -> u32 {
         self.process.pid()
     }
+
+    /// Whether both services answer `/readyz` with 200 within 20 s.
+    pub async fn ready(&self) -> bool {
+        let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+        let ok = async |addr: SocketAddr| {
+            http.get(format!("http://{addr}/readyz")).send().await.is_ok_and(|r| r.status() == 200)
+        };
+        eventually(Duration::from_secs(20), async || ok(self.vote).await && ok(self.result).await).await
+    }
 }
 
 /// The vote and result addresses `voting up` prints.
@@ -184,20 +194,6 @@ fn ports_in(log: &str) -> Option<(SocketAddr, SocketAddr)> {
         url.trim_start_matches("http://").trim_end_matches('/').parse().ok()
     };
     Some((addr("vote:")?, addr("result:")?))
-}
-
-/// Polls an async condition until it holds or `timeout` passes.
-pub async fn eventually<F: AsyncFnMut() -> bool>(timeout: Duration, mut check: F) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A TCP connection to `to` from the loopback address `from` (any 127.0.0.0/8 address works

@@ -18,6 +18,7 @@ use voting_core::queue::redis::RedisQueue;
 use voting_core::queue::{ConsumerSettings, Durability};
 use voting_core::store::postgres::PostgresStore;
 use voting_core::{Ballot, Results};
+pub use voting_testkit::eventually;
 use voting_testkit::{PostgresServer, Process, RedisServer};
 
 pub const ANY_PORT: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
@@ -212,18 +213,6 @@ pub fn cookie_of(response: &reqwest::Response) -> String {
     let set_cookie =
         response.headers().get("set-cookie").expect("a new voter gets a cookie").to_str().unwrap();
     set_cookie.split(';').next().unwrap().to_owned()
-}
-
-/// Polls an async condition until it holds or `timeout` passes.
-pub async fn eventually<F: AsyncFnMut() -> bool>(timeout: Duration, mut check: F) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    false
 }
 
 /// `voting up` as a user runs it: the real binary on the given ports, with the same ballot as
