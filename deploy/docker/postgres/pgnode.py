@@ -10,6 +10,7 @@ network each time it starts:
 | empty              | none answers, and this is the initial primary    | initialises the cluster    |
 | empty              | anything else                                    | waits                      |
 | holds data         | one of them is primary                           | `repmgr node rejoin --force-rewind` onto it: a standby again, whatever it was before |
+|                    |                                                  | (if that fails and the primary still answers: a fresh clone of it) |
 | holds data, was a standby | no primary                                | starts as a standby (repmgrd picks a primary) |
 | holds data, was primary   | no primary; a majority of the nodes (itself included) answer, none names another primary, and the grace period is over | starts as primary (a cold start of the whole cluster) |
 | holds data, was primary   | anything else                             | waits                      |
@@ -17,7 +18,14 @@ network each time it starts:
 So a killed primary that Swarm restarts never comes back as a second primary: by then repmgrd
 has promoted a standby (it decides after 3 x 1 s), the restarted node sees it and rejoins; if
 it came back faster than that, it waits the grace period out, sees the promotion and rejoins.
-Two primaries visible at once (never made here) is left to an operator: the node waits.
+A primary that was not killed but frozen (a paused container or node, a stalled VM) or cut
+off wakes up still a primary after the others promoted a standby: repmgr does not fence it. Its
+commits wait for a synchronous standby that no longer follows it, so it acknowledges nothing,
+but it must not stay a primary. While running, this process asks the other nodes every
+few seconds; when a majority of the nodes (another primary, and standbys following it) name
+another primary, this one has been superseded (`superseded_by`): it stops PostgreSQL at once
+and exits, and the restarted container decides again, which makes it rejoin as a standby.
+Two primaries visible at once at start-up are left to an operator: the node waits.
 
 The decision (`decide`) is a pure function of those facts and is unit-tested
 (`python3 -m unittest discover -s deploy/docker/postgres`); everything else carries it out
@@ -144,6 +152,19 @@ def decide(local: Local, peers: Sequence[Peer], waited: float, grace: float) -> 
                               "to promote a standby before starting as primary")
     return Decision(START_PRIMARY, f"this node was primary and {1 + agreeing} nodes agree: "
                                    "nobody was promoted in its absence")
+
+
+def superseded_by(local_name: str, peers: Sequence[Peer]) -> Optional[str]:
+    """The primary that a majority of the nodes follow instead of `local_name`, a running
+    primary, or None: a former primary that resumed after a failover steps down for it."""
+    needed = majority(len(peers) + 1)
+    for peer in peers:
+        if peer.state != PRIMARY or peer.recorded_primary != peer.name or peer.name == local_name:
+            continue
+        following = sum(1 for other in peers if other.state == STANDBY and other.recorded_primary == peer.name)
+        if 1 + following >= needed:
+            return peer.name
+    return None
 
 
 # -- pure helpers -------------------------------------------------------------------------
@@ -432,6 +453,24 @@ class Node:
         self._repmgr(["standby", "register", "--force"])
 
     def rejoin(self, primary: str) -> None:
+        try:
+            self._rewind_onto(primary)
+        except (RuntimeError, subprocess.TimeoutExpired) as error:
+            # pg_rewind cannot bring back every data directory: one killed during an earlier
+            # rewind or rejoin can hold a backup_label and a minimum recovery point on a timeline
+            # the primary's history has left, and then PostgreSQL refuses to start, at every
+            # attempt. Start over from a copy of the primary instead of failing forever. Nothing
+            # acknowledged is given up: every commit was on a standby before it was acknowledged
+            # (synchronous replication), and what this node holds beyond the primary is what a
+            # rewind would have discarded too. Only while that primary still answers as one: a
+            # rejoin that failed because it went away is decided again from the start.
+            self.stop_postgres()
+            if self.probe(primary).state != PRIMARY:
+                raise
+            log(f"rejoin failed ({error}): cloning {primary} afresh instead")
+            self.clone(primary)
+
+    def _rewind_onto(self, primary: str) -> None:
         s = self.settings
         state = cluster_state(self._run([f"{PG_BIN}/pg_controldata", s.data_dir], quiet=True).stdout)
         if not shut_down_cleanly(state):
@@ -456,6 +495,11 @@ class Node:
         if self.postgres_running():
             self._run([f"{PG_BIN}/pg_ctl", "stop", "-w", "-t", "60", "-m", "fast", "-D", self.settings.data_dir],
                       check=False)
+
+    def running_as_primary(self) -> bool:
+        answer = self._run([f"{PG_BIN}/psql", "-X", "-At", "-h", self.settings.socket_dir, "-d", "postgres",
+                            "-c", "SELECT pg_is_in_recovery()"], check=False, quiet=True, timeout=10)
+        return answer.returncode == 0 and answer.stdout.strip() == "f"
 
     def postgres_running(self) -> bool:
         return self._run([f"{PG_BIN}/pg_ctl", "status", "-D", self.settings.data_dir],
@@ -495,6 +539,8 @@ class Stop(Exception):
 
 
 REPMGRD_RETRY = 5.0
+# How often a running primary asks whether the others have promoted someone else.
+SUPERSEDED_CHECK_INTERVAL = 2.0
 # repmgr restarts PostgreSQL to follow a new primary; down for longer than this is a failure.
 POSTGRES_DOWN_LIMIT = 120.0
 
@@ -542,9 +588,18 @@ def supervise(node: Node, stopping: list[bool]) -> int:
     repmgrd = start_repmgrd()
     repmgrd_exited: Optional[float] = None
     down_since: Optional[float] = None
+    last_superseded_check = 0.0
     try:
         while not stopping[0]:
             now = time.monotonic()
+            if now - last_superseded_check >= SUPERSEDED_CHECK_INTERVAL:
+                last_superseded_check = now
+                if node.running_as_primary():
+                    successor = superseded_by(node.settings.name, [node.probe(host) for host in node.settings.peers])
+                    if successor:
+                        log(f"superseded: {successor} is primary and a majority of the nodes follow it; "
+                            "stopping this primary so that it rejoins as a standby")
+                        return 1
             if repmgrd_exited is None and repmgrd.poll() is not None:
                 # On a standby repmgrd refuses to start while its upstream is down (a cold start
                 # of the cluster): the node stays up as a standby, others count on it answering.

@@ -131,6 +131,64 @@ class NoDecisionMakesASecondPrimary(unittest.TestCase):
                                     self.assertNotIn(PRIMARY, (s2, s3), (data, was_primary, peers))
 
 
+class AResumedPrimary(unittest.TestCase):
+    """superseded_by: a running primary steps down only for a primary a majority follows."""
+
+    def test_steps_down_for_a_promoted_standby_the_other_standby_follows(self):
+        peers = [Peer("pg-2", PRIMARY, "pg-2"), Peer("pg-3", STANDBY, "pg-2")]
+        self.assertEqual(pgnode.superseded_by("pg-1", peers), "pg-2")
+
+    def test_stays_while_only_the_other_primary_itself_says_so(self):
+        # One node of three is no majority. This one acknowledges nothing meanwhile (no
+        # synchronous standby follows it); it steps down once the third node is back.
+        peers = [Peer("pg-2", PRIMARY, "pg-2"), down("pg-3")]
+        self.assertIsNone(pgnode.superseded_by("pg-1", peers))
+
+    def test_stays_while_the_standbys_still_follow_it(self):
+        peers = [Peer("pg-2", STANDBY, "pg-1"), Peer("pg-3", STANDBY, "pg-1")]
+        self.assertIsNone(pgnode.superseded_by("pg-1", peers))
+
+    def test_stays_when_cut_off_from_everyone(self):
+        self.assertIsNone(pgnode.superseded_by("pg-1", [down("pg-2"), down("pg-3")]))
+
+    def test_a_primary_that_does_not_name_itself_is_not_followed(self):
+        peers = [Peer("pg-2", PRIMARY, "pg-1"), Peer("pg-3", STANDBY, "pg-2")]
+        self.assertIsNone(pgnode.superseded_by("pg-1", peers))
+
+
+class ARejoinThatFails(unittest.TestCase):
+    """The data directory pg_rewind cannot bring back: a fresh clone, only from a live primary."""
+
+    class FakeNode(pgnode.Node):
+        def __init__(self, primary_state: str):
+            self.primary_state = primary_state
+            self.done: list[str] = []
+
+        def _rewind_onto(self, primary: str) -> None:
+            self.done.append(f"rewind {primary}")
+            raise RuntimeError("pg_ctl exited with 1")
+
+        def stop_postgres(self) -> None:
+            self.done.append("stop")
+
+        def probe(self, host: str) -> Peer:
+            return Peer(host, self.primary_state)
+
+        def clone(self, primary: str) -> None:
+            self.done.append(f"clone {primary}")
+
+    def test_clones_the_primary_that_still_answers(self):
+        fake = self.FakeNode(PRIMARY)
+        fake.rejoin("pg-2")
+        self.assertEqual(fake.done, ["rewind pg-2", "stop", "clone pg-2"])
+
+    def test_keeps_its_data_when_the_primary_went_away(self):
+        fake = self.FakeNode(UNREACHABLE)
+        with self.assertRaises(RuntimeError):
+            fake.rejoin("pg-2")
+        self.assertEqual(fake.done, ["rewind pg-2", "stop"])
+
+
 class Helpers(unittest.TestCase):
     def test_render_fills_placeholders_and_refuses_missing_ones(self):
         self.assertEqual(pgnode.render_text("a ${X} b ${Y_2}", {"X": 1, "Y_2": "z"}), "a 1 b z")
