@@ -1,80 +1,26 @@
-"""`scripts/chaos`: failures injected into the running cluster under load, each checked by
-`voting load --verify` through Traefik over HTTPS.
-
-Every scenario runs its own load (open loop, every vote a new voter so each one moves the
-total), injects one failure a few seconds in, and measures:
-- acknowledged / counted / lost / extra / unknown: from `voting load --verify`;
-- longest vote outage: the longest stretch in which no vote was acknowledged;
-- longest result staleness: the longest an acknowledged vote waited before the live result
-  stream (`/events`, followed through Traefik and reconnected like a browser) showed it;
-- time to recover: from the failure until the topology is whole again (a new master or
-  primary routed to, a killed process back in rotation, a rejoined node following).
-A scenario fails if it loses or adds a vote or misses its target; the exit status says so.
+"""`scripts/chaos`: failures injected into the local cluster under load, each checked by
+`voting load --verify` through Traefik over HTTPS and judged by `voting_chaos.runner` (what
+each column measures and when a scenario fails are said there).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import signal
-import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
 from typing import Callable
+
+from voting_chaos.runner import (MAX_REDIS_FAILOVER_OUTAGE_S, NO_OUTAGE, Fault, Scenario, SplitBrainWatch, choose,
+                                 run_all, summary, wait_until, write_doc)
 
 from . import app, edge, hosts, postgres_ha, redis_ha, topology
 from .cluster import Cluster
 from .lifecycle import down, up
-from .hosts import wait_until
 from .topology import APPS, REDIS, Node
 
 RESULTS_DIR = topology.REPO / "target" / "chaos"
 DOC = topology.REPO / "docs" / "chaos.md"
-BEGIN, END = "<!-- chaos:begin -->", "<!-- chaos:end -->"
-
-# Targets (see docs/chaos.md for where they come from).
-MAX_STALENESS_S = 10.0
-MAX_REDIS_FAILOVER_OUTAGE_S = 5.0
-NO_OUTAGE = 0.0  # no stretch of 500 ms without an acknowledged vote
-
-
-@dataclass
-class Row:
-    scenario: str
-    acknowledged: int = 0
-    counted: int = 0
-    lost: int = 0
-    extra: int = 0
-    unknown: int = 0
-    outage_s: float = 0.0
-    staleness_s: float | None = None
-    recover_s: float | None = None
-    notes: list[str] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Fault:
-    """What a scenario did, and how to tell the topology has recovered from it."""
-
-    recovered: Callable[[], object]
-    # Checked when the load is over; each returns a failure message or None.
-    checks: list[Callable[[], str | None]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    # Votes the failure held back out of sight, for this long: the result stream's totals
-    # cannot show a few missing votes while later ones keep arriving, so this is measured
-    # at the source (e.g. a killed worker's batch, until another worker claimed it).
-    held_back_s: float | None = None
-
-
-@dataclass
-class Scenario:
-    name: str
-    title: str
-    inject: Callable[[Cluster, dict], Fault]
-    max_outage_s: float | None
 
 
 # -- faults ----------------------------------------------------------------------------
@@ -89,7 +35,7 @@ def kill_redis_master(cluster: Cluster, state: dict) -> Fault:
 
 def rejoin_old_redis_master(cluster: Cluster, state: dict) -> Fault:
     old: Node = state.pop("redis_down")
-    watch = _MasterWatch(lambda: [n for n, r in redis_ha.roles(cluster).items() if r == "master"])
+    watch = SplitBrainWatch(lambda: [n for n, r in redis_ha.roles(cluster).items() if r == "master"])
     redis_ha.restart(cluster, old)
     return Fault(recovered=lambda: redis_ha.roles(cluster).get(old.name) == "replica",
                  checks=[watch.stop_and_check],
@@ -122,7 +68,7 @@ def kill_postgres_primary(cluster: Cluster, state: dict) -> Fault:
 
 def rejoin_old_postgres_primary(cluster: Cluster, state: dict) -> Fault:
     old: Node = state.pop("postgres_down")
-    watch = _MasterWatch(lambda: [n for n, r in postgres_ha.roles(cluster).items() if r == "primary"])
+    watch = SplitBrainWatch(lambda: [n for n, r in postgres_ha.roles(cluster).items() if r == "primary"])
     began = time.monotonic()
     postgres_ha.rejoin(cluster, old)
     took = time.monotonic() - began
@@ -240,116 +186,12 @@ def _kill_and_restart(cluster: Cluster, node: Node, service: str) -> Fault:
                  notes=[f"killed and restarted {node.name} {service}"])
 
 
-class _MasterWatch:
-    """Samples who claims to be master while a node rejoins: two at once is split brain."""
-
-    def __init__(self, masters: Callable[[], list[str]]):
-        self._masters = masters
-        self._seen_two: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            try:
-                masters = self._masters()
-            except Exception:
-                continue
-            if len(masters) > 1 and not self._seen_two:
-                self._seen_two = masters
-
-    def stop_and_check(self) -> str | None:
-        self._stop.set()
-        self._thread.join()
-        return f"two primaries at once: {', '.join(self._seen_two)}" if self._seen_two else None
-
-
 # -- running ---------------------------------------------------------------------------
 
-def load_command(cluster: Cluster, rate: float, duration: float) -> list[str]:
-    return [str(app.BINARY), "load", *edge.load_args(cluster), "--rate", str(rate), "--duration", f"{duration}s",
-            "--concurrency", "2000", "--timeout", "5s", "--verify-timeout", "120s", "--json"]
-
-
-def run_scenario(cluster: Cluster, scenario: Scenario, state: dict, rate: float, duration: float,
-                 fault_at: float) -> Row:
-    row = Row(scenario.name)
-    load = subprocess.Popen(load_command(cluster, rate, duration), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    # The failure is scheduled into the run, so there is load before and after it.
-    time.sleep(fault_at)
-    began = time.monotonic()
-    try:
-        fault = scenario.inject(cluster, state)
-        wait_until(fault.recovered, 120, f"{scenario.name}: recovery", interval=0.05)
-        row.recover_s = time.monotonic() - began
-    except Exception as error:
-        fault = Fault(recovered=lambda: True)
-        row.failures.append(f"fault or recovery failed: {error}")
-    stdout, stderr = load.communicate(timeout=duration + 300)
-    row.notes += fault.notes
-    for check in fault.checks:
-        try:
-            failure = check()
-        except Exception as error:
-            failure = f"check failed: {error}"
-        if failure:
-            row.failures.append(failure)
-    try:
-        report = json.loads(stdout)
-    except json.JSONDecodeError:
-        row.failures.append(f"voting load printed no report: {stderr.strip()[-500:]}")
-        return row
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"{scenario.name}.json").write_text(json.dumps(report, indent=2))
-    _fill(row, report, scenario, fault.held_back_s)
-    return row
-
-
-def _fill(row: Row, report: dict, scenario: Scenario, held_back_s: float | None) -> None:
-    verify = report.get("verify") or {}
-    row.acknowledged = report["acknowledged"]
-    row.counted = verify.get("counted", 0)
-    row.lost, row.extra, row.unknown = verify.get("lost", 0), verify.get("extra", 0), verify.get("unknown", 0)
-    row.outage_s = report["longest_outage_s"]
-    screen = verify.get("vote_to_screen_ms")
-    row.staleness_s = screen["max"] / 1000 if screen else None
-    if row.staleness_s is not None and held_back_s is not None:
-        row.staleness_s = max(row.staleness_s, held_back_s)
-    if not verify.get("converged"):
-        row.failures.append("the results never matched what was acknowledged")
-    if row.lost or row.extra:
-        row.failures.append(f"{row.lost} lost, {row.extra} extra")
-    if scenario.max_outage_s is not None and row.outage_s > scenario.max_outage_s:
-        row.failures.append(f"vote outage {row.outage_s:.2f} s > {scenario.max_outage_s:.0f} s")
-    if row.staleness_s is None:
-        row.failures.append("the result stream never showed every acknowledged vote")
-    elif row.staleness_s > MAX_STALENESS_S:
-        row.failures.append(f"results {row.staleness_s:.1f} s stale > {MAX_STALENESS_S:.0f} s")
-
-
-def table(rows: list[Row]) -> str:
-    lines = ["| scenario | acknowledged | counted | lost | extra | unknown | longest vote outage "
-             "| longest result staleness | time to recover | verdict |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        staleness = f"{r.staleness_s:.2f} s" if r.staleness_s is not None else "—"
-        recover = f"{r.recover_s:.2f} s" if r.recover_s is not None else "—"
-        verdict = "pass" if not r.failures else "FAIL: " + "; ".join(r.failures)
-        lines.append(f"| {r.scenario} | {r.acknowledged} | {r.counted} | {r.lost} | {r.extra} | {r.unknown} "
-                     f"| {r.outage_s:.2f} s | {staleness} | {recover} | {verdict} |")
-    return "\n".join(lines)
-
-
-def write_doc(rows: list[Row], rate: float, duration: float) -> None:
-    notes = "\n".join(f"- {r.scenario}: {'; '.join(r.notes)}" for r in rows if r.notes)
-    generated = (f"{BEGIN}\nLast run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-                 f"{rate:.0f} votes/s for {duration:.0f} s per scenario (`scripts/chaos`).\n\n"
-                 f"{table(rows)}\n\n{notes}\n{END}")
-    text = DOC.read_text() if DOC.exists() else f"# Chaos\n\n{BEGIN}\n{END}\n"
-    start, end = text.index(BEGIN), text.index(END) + len(END)
-    DOC.write_text(text[:start] + generated + text[end:])
+def load_command(cluster: Cluster, rate: float) -> Callable[[float], list[str]]:
+    return lambda duration: [
+        str(app.BINARY), "load", *edge.load_args(cluster), "--rate", str(rate), "--duration", f"{duration}s",
+        "--concurrency", "2000", "--timeout", "5s", "--verify-timeout", "120s", "--json"]
 
 
 def main() -> None:
@@ -362,27 +204,19 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="leave the cluster up afterwards")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/chaos.md")
     args = parser.parse_args()
-    chosen = [s for s in SCENARIOS if not args.only or s.name in args.only.split(",")]
+    chosen = choose(SCENARIOS, args.only)
     cluster = Cluster()
     if not hosts.network_exists():
         up(cluster, build=True)
-    rows: list[Row] = []
-    state: dict = {}
     try:
-        for scenario in chosen:
-            print(f"== {scenario.name}: {scenario.title}", flush=True)
-            row = run_scenario(cluster, scenario, state, args.rate, args.duration, args.fault_at)
-            rows.append(row)
-            print(table([row]).splitlines()[-1], flush=True)
+        rows = run_all(cluster, chosen, load_command(cluster, args.rate), args.duration, args.fault_at, RESULTS_DIR)
     finally:
         if not args.keep:
             down(cluster)
-    print("\n" + table(rows))
     if not args.no_doc and len(chosen) == len(SCENARIOS):
-        write_doc(rows, args.rate, args.duration)
-    failed = [r.scenario for r in rows if r.failures]
-    print(f"\nchaos: {len(rows) - len(failed)} passed, {len(failed)} failed" + (f" ({', '.join(failed)})" if failed else ""))
-    sys.exit(1 if failed else 0)
+        write_doc(DOC, "chaos", rows, f"{args.rate:.0f} votes/s for {args.duration:.0f} s per scenario "
+                                      "on the local cluster (`scripts/chaos`)")
+    sys.exit(summary("chaos", rows))
 
 
 if __name__ == "__main__":

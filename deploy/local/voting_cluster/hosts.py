@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Iterable, Mapping, Sequence
+
+from voting_chaos.runner import wait_until
 
 from .topology import BRIDGE, HOST_IP, PREFIX, Node
 
-T = TypeVar("T")
+__all__ = ["Host", "sh", "wait_until"]
 
 
 def sh(argv: Sequence[str], *, check: bool = True, timeout: float = 120, input: str | None = None,
@@ -27,23 +28,6 @@ def sh(argv: Sequence[str], *, check: bool = True, timeout: float = 120, input: 
     if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {result.returncode}: {result.stderr.strip() or result.stdout.strip()}")
     return result
-
-
-def wait_until(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1) -> T:
-    """Polls `probe` until it returns something truthy; raises after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while True:
-        try:
-            value = probe()
-            if value:
-                return value
-        except Exception as error:  # a probe failing is the same as "not yet"
-            last_error = error
-        if time.monotonic() >= deadline:
-            detail = f" (last error: {last_error})" if last_error else ""
-            raise TimeoutError(f"{what}: not within {timeout:.0f} s{detail}")
-        time.sleep(interval)
 
 
 class Host:

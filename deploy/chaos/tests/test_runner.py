@@ -1,10 +1,10 @@
-"""How a chaos scenario's load report becomes a verdict."""
+"""How a chaos scenario's load report becomes a verdict (`voting_chaos.runner`)."""
 
 from __future__ import annotations
 
 import unittest
 
-from voting_cluster.chaos import MAX_STALENESS_S, Fault, Row, Scenario, _fill, table
+from voting_chaos.runner import MAX_STALENESS_S, Row, judge, table
 
 
 def report(lost: int = 0, extra: int = 0, outage_s: float = 0.0, screen_max_ms: float | None = 100.0,
@@ -15,12 +15,9 @@ def report(lost: int = 0, extra: int = 0, outage_s: float = 0.0, screen_max_ms: 
                        "converged": converged, "vote_to_screen_ms": screen}}
 
 
-SCENARIO = Scenario("s", "a failure", lambda cluster, state: Fault(recovered=lambda: True), max_outage_s=5.0)
-
-
-def verdict(data: dict, held_back_s: float | None = None) -> Row:
+def verdict(data: dict, held_back_s: float | None = None, strict: bool = False) -> Row:
     row = Row("s")
-    _fill(row, data, SCENARIO, held_back_s)
+    judge(row, data, 5.0, held_back_s, strict=strict)
     return row
 
 
@@ -46,6 +43,16 @@ class VerdictTest(unittest.TestCase):
         row = verdict(report(screen_max_ms=100), held_back_s=MAX_STALENESS_S + 1)
         self.assertEqual(row.staleness_s, MAX_STALENESS_S + 1)
         self.assertEqual(len(row.failures), 1)
+
+    def test_strict_scenarios_fail_on_any_failed_request(self) -> None:
+        clean = dict(report(), errors={"timeout": 0}, refused=0, unknown=0)
+        self.assertEqual(verdict(clean, strict=True).failures, [])
+        self.assertTrue(verdict(dict(clean, errors={"timeout": 1}), strict=True).failures)
+        self.assertTrue(verdict(dict(clean, unknown=1), strict=True).failures)
+        self.assertEqual(verdict(dict(clean, unknown=1)).failures, [], "only strict scenarios count them")
+
+    def test_nothing_acknowledged_fails(self) -> None:
+        self.assertTrue(verdict(dict(report(), acknowledged=0)).failures)
 
     def test_the_table_shows_the_verdict(self) -> None:
         failing = verdict(report(lost=1))
