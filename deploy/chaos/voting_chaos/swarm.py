@@ -1,0 +1,608 @@
+"""The Swarm stack on Docker-in-Docker nodes under failures: `scripts/e2e-swarm` deploys
+`deploy/swarm/stack.yml` on the nodes `scripts/swarm-nodes` makes, then runs this.
+
+Every scenario is judged by `voting_chaos.runner`, as the local cluster's are. What is failed
+here is what users run: the images' own entrypoints decide every failover and rejoin.
+
+The nodes are containers of this machine's engine (voting-node1…N). Everything is done through
+this machine's engine (`docker exec voting-nodeN docker …`), never over the nodes' network, so
+a node cut off by its firewall can still be looked into, and healed.
+
+Throughout the run, a sampler inside every Redis and PostgreSQL member's container reports every
+50 ms whether that member would accept a write (a Redis master with a good replica, as
+`min-replicas-to-write` demands; a PostgreSQL primary with a synchronous standby, as
+`synchronous_standby_names` demands); two members of one tier doing so at the same moment fail
+the scenario in which it happened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .runner import (MAX_REDIS_FAILOVER_OUTAGE_S, NO_OUTAGE, Fault, Scenario, choose, run_all, summary, wait_until,
+                     write_doc)
+
+REPO = Path(__file__).resolve().parents[3]
+RESULTS_DIR = REPO / "target" / "chaos-swarm"
+DOC = REPO / "docs" / "chaos.md"
+NODE_PREFIX = "voting-node"
+REDIS = ("redis-1", "redis-2", "redis-3")
+POSTGRES = ("pg-1", "pg-2", "pg-3")
+# How long a node stays dead, cut off or frozen: longer than every failover it causes.
+NODE_DOWN_S = 30.0
+CONTAINER_FROZEN_S = 20.0
+# A member's last sample older than this says nothing (its container is frozen or gone).
+SAMPLE_FRESH_S = 0.25
+
+
+def run(argv: list[str], timeout: float = 60, check: bool = True) -> str:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:6])}: exit {result.returncode}: {result.stderr.strip()[-300:]}")
+    return result.stdout
+
+
+@dataclass(frozen=True)
+class Task:
+    node: str
+    container: str
+
+
+class Swarm:
+    """The nodes, the stack's tasks on them, and the Redis and PostgreSQL members' roles."""
+
+    def __init__(self, stack: str, nodes: int):
+        self.stack = stack
+        self.nodes = [f"{NODE_PREFIX}{i}" for i in range(1, nodes + 1)]
+        self._manager: str | None = None
+
+    # -- docker ------------------------------------------------------------------------
+
+    def on(self, node: str, *args: str, timeout: float = 60, check: bool = True) -> str:
+        """The docker CLI inside `node`, reached through this machine's engine."""
+        return run(["docker", "exec", node, "docker", *args], timeout=timeout, check=check)
+
+    def node_state(self, node: str) -> str:
+        """running, paused, exited… as this machine's engine sees the node's container."""
+        return run(["docker", "inspect", "-f", "{{.State.Status}}", node]).strip()
+
+    def up_nodes(self) -> list[str]:
+        return [node for node in self.nodes if self.node_state(node) == "running"]
+
+    def cli(self, *args: str, timeout: float = 120) -> str:
+        """A swarm command (services, nodes) on a manager that answers."""
+        candidates = ([self._manager] if self._manager else []) + self.up_nodes()
+        last: Exception | None = None
+        for node in candidates:
+            try:
+                output = self.on(node, *args, timeout=timeout)
+                self._manager = node
+                return output
+            except (RuntimeError, subprocess.TimeoutExpired) as error:
+                last = error
+        raise RuntimeError(f"no manager answered docker {' '.join(args[:3])}: {last}")
+
+    def tasks(self) -> dict[str, list[Task]]:
+        """The stack's running containers on every node that runs, by service (`redis-1`, `vote`)."""
+        found: dict[str, list[Task]] = {}
+        prefix = self.stack + "_"
+        for node in self.up_nodes():
+            try:
+                lines = self.on(node, "ps", "--filter", f"label=com.docker.stack.namespace={self.stack}",
+                                "--format", '{{.ID}} {{.Label "com.docker.swarm.service.name"}}', timeout=10)
+            except (RuntimeError, subprocess.TimeoutExpired):
+                continue
+            for line in lines.splitlines():
+                container, service = line.split()
+                found.setdefault(service.removeprefix(prefix), []).append(Task(node, container))
+        return found
+
+    def task(self, service: str) -> Task:
+        tasks = self.tasks().get(service)
+        if not tasks:
+            raise RuntimeError(f"no running container of {service}")
+        return tasks[0]
+
+    def exec_in(self, task: Task, script: str, user: str = "", timeout: float = 10) -> str:
+        return self.on(task.node, "exec", *(["-u", user] if user else []), task.container, "sh", "-c", script,
+                       timeout=timeout)
+
+    def kill(self, task: Task) -> None:
+        self.on(task.node, "kill", task.container)  # SIGKILL
+
+    # -- Redis and PostgreSQL ------------------------------------------------------------
+
+    def redis_info(self, member: str) -> dict[str, str]:
+        output = self.exec_in(self.task(member), REDIS_CLI + " INFO replication")
+        return dict(line.split(":", 1) for line in output.replace("\r", "").splitlines() if ":" in line)
+
+    def redis_master(self) -> str | None:
+        """The master most replicas follow (an old master cut off still calls itself one)."""
+        best, most = None, -1
+        for member in REDIS:
+            try:
+                info = self.redis_info(member)
+            except (RuntimeError, subprocess.TimeoutExpired):
+                continue
+            if info.get("role") == "master" and int(info.get("connected_slaves", 0)) > most:
+                best, most = member, int(info.get("connected_slaves", 0))
+        return best
+
+    def redis_whole(self, old: str | None = None) -> bool:
+        """A master (not `old`) with both other members replicating from it."""
+        master = self.redis_master()
+        return (master is not None and master != old
+                and self.redis_info(master).get("connected_slaves") == "2")
+
+    def pg_query(self, member: str, sql: str) -> str:
+        return self.exec_in(self.task(member), f'psql -h /var/run/postgresql -XAtc "{sql}"', user="postgres").strip()
+
+    def pg_primaries(self) -> list[str]:
+        primaries = []
+        for member in POSTGRES:
+            try:
+                if self.pg_query(member, "SELECT pg_is_in_recovery()") == "f":
+                    primaries.append(member)
+            except (RuntimeError, subprocess.TimeoutExpired):
+                continue
+        return primaries
+
+    def pg_whole(self, old: str | None = None) -> bool:
+        """One primary (not `old`) with both other members streaming from it."""
+        primaries = self.pg_primaries()
+        if len(primaries) != 1 or primaries[0] == old:
+            return False
+        return self.pg_query(primaries[0], "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "2"
+
+    # -- the swarm -----------------------------------------------------------------------
+
+    def services_converged(self) -> bool:
+        """Every service (but the one-off migration) runs all its replicas, every task healthy."""
+        lines = self.cli("service", "ls", "--filter", f"label=com.docker.stack.namespace={self.stack}",
+                         "--format", "{{.Name}} {{.Replicas}}")
+        for line in lines.splitlines():
+            name, replicas = line.split()[:2]
+            if name == f"{self.stack}_migrate":
+                continue
+            running, wanted = replicas.split("/")
+            if running != wanted:
+                return False
+        for node in self.up_nodes():
+            unhealthy = self.on(node, "ps", "-q", "--filter", f"label=com.docker.stack.namespace={self.stack}",
+                                "--filter", "health=unhealthy", timeout=10)
+            starting = self.on(node, "ps", "-q", "--filter", f"label=com.docker.stack.namespace={self.stack}",
+                               "--filter", "health=starting", timeout=10)
+            if unhealthy.strip() or starting.strip():
+                return False
+        return True
+
+    def nodes_ready(self) -> bool:
+        states = self.cli("node", "ls", "--format", "{{.Hostname}} {{.Status}}").split()
+        return states.count("Ready") == len(self.nodes)
+
+    def whole(self) -> bool:
+        """Every node ready, every service converged, each tier a leader and two followers."""
+        return self.nodes_ready() and self.services_converged() and self.redis_whole() and self.pg_whole()
+
+    def raft_leader(self) -> str:
+        for line in self.cli("node", "ls", "--format", "{{.Hostname}} {{.ManagerStatus}}").splitlines():
+            hostname, *status = line.split()
+            if status == ["Leader"]:
+                return hostname
+        raise RuntimeError("no Raft leader")
+
+    def node_of(self, service: str) -> str:
+        return self.task(service).node
+
+    def services_on(self, node: str) -> list[str]:
+        return sorted(service for service, tasks in self.tasks().items() if any(t.node == node for t in tasks))
+
+    def address(self, node: str) -> str:
+        return run(["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", node]).strip()
+
+    def cut_off(self, node: str) -> None:
+        """Drops everything between `node` and every other node, both ways, in the node's own
+        firewall (this machine, the gateway, still reaches it: that is how it is healed)."""
+        others = [self.address(other) for other in self.nodes if other != node]
+        rules = ["iptables -N VOTING-CUT"] + [f"iptables -A VOTING-CUT -s {ip} -j DROP && "
+                                              f"iptables -A VOTING-CUT -d {ip} -j DROP" for ip in others]
+        rules += ["iptables -I INPUT -j VOTING-CUT", "iptables -I OUTPUT -j VOTING-CUT"]
+        run(["docker", "exec", node, "sh", "-c", " && ".join(rules)])
+
+    def heal(self, node: str) -> None:
+        run(["docker", "exec", node, "sh", "-c", "iptables -D INPUT -j VOTING-CUT; iptables -D OUTPUT -j VOTING-CUT; "
+             "iptables -F VOTING-CUT; iptables -X VOTING-CUT"], check=False)
+
+
+REDIS_CLI = 'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" redis-cli'
+
+
+# -- who would accept a write, sampled in every member -------------------------------------
+
+# Each prints one line per 50 ms, "1" when the member would accept a write and "0" when not,
+# and starts over when the server restarts under it.
+REDIS_SAMPLER = (f"while :; do {REDIS_CLI} -r -1 -i 0.05 INFO replication 2>/dev/null "
+                 "| tr -d '\\r' | awk -F: '/^role:/ {role = $2} /^min_slaves_good_slaves:/ {good = $2} "
+                 "/^master_repl_offset:/ {print (role == \"master\" && good > 0) ? 1 : 0; "
+                 "fflush(); good = 0}'; sleep 0.2; done")
+POSTGRES_SAMPLER = ("while :; do while :; do echo \"SELECT NOT pg_is_in_recovery() AND (SELECT count(*) > 0 "
+                    "FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum'));\"; sleep 0.05; done "
+                    "| psql -h /var/run/postgresql -XAtq 2>/dev/null | sed -u 's/^t$/1/; s/^f$/0/'; sleep 0.2; done")
+
+
+@dataclass
+class Writable:
+    """Every member's latest sample, and any moment two members of one tier accepted writes."""
+
+    latest: dict[str, tuple[float, bool]] = field(default_factory=dict)
+    overlaps: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, member: str, tier: tuple[str, ...], writable: bool) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.latest[member] = (now, writable)
+            writers = [m for m in tier if m in self.latest
+                       and self.latest[m][1] and now - self.latest[m][0] <= SAMPLE_FRESH_S]
+            if len(writers) > 1:
+                self.overlaps.append(f"{time.strftime('%H:%M:%S')} {' and '.join(writers)}")
+
+    def take_overlaps(self) -> list[str]:
+        with self.lock:
+            taken, self.overlaps = self.overlaps, []
+        return taken
+
+
+class Samplers:
+    """One sampler per member, in its container, followed to wherever Swarm runs it next."""
+
+    def __init__(self, swarm: Swarm):
+        self.swarm = swarm
+        self.writable = Writable()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._follow, args=(member, tier, script), daemon=True)
+                         for tier, script in ((REDIS, REDIS_SAMPLER), (POSTGRES, POSTGRES_SAMPLER))
+                         for member in tier]
+        for thread in self._threads:
+            thread.start()
+
+    def _follow(self, member: str, tier: tuple[str, ...], script: str) -> None:
+        user = ["-u", "postgres"] if tier is POSTGRES else []
+        while not self._stop.is_set():
+            try:
+                task = self.swarm.task(member)
+            except Exception:
+                self._stop.wait(1)
+                continue
+            process = subprocess.Popen(["docker", "exec", task.node, "docker", "exec", *user, task.container,
+                                        "sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                       text=True)
+            assert process.stdout is not None
+            for line in process.stdout:
+                if self._stop.is_set():
+                    break
+                if line.strip() in ("0", "1"):
+                    self.writable.record(member, tier, line.strip() == "1")
+            process.kill()
+            process.wait()
+            self._stop.wait(0.5)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+# -- faults --------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    swarm: Swarm
+    samplers: Samplers
+
+
+def no_fault(run: Run, state: dict) -> Fault:
+    return Fault(recovered=lambda: True, notes=["no failure: every request must succeed"])
+
+
+def kill_redis_master(run: Run, state: dict) -> Fault:
+    swarm = run.swarm
+    old = _require(swarm.redis_master(), "a Redis master")
+    swarm.kill(swarm.task(old))
+    return Fault(recovered=lambda: swarm.redis_whole(old) and swarm.redis_info(old).get("role") == "slave",
+                 notes=[f"killed {old}; Swarm restarted it and it follows the new master"])
+
+
+def kill_postgres_primary(run: Run, state: dict) -> Fault:
+    swarm = run.swarm
+    old = _require(_one(swarm.pg_primaries()), "one PostgreSQL primary")
+    swarm.kill(swarm.task(old))
+    return Fault(recovered=lambda: swarm.pg_whole(old),
+                 notes=[f"killed {old}; it came back as a standby of the new primary"])
+
+
+def kill_worker_mid_batch(run: Run, state: dict) -> Fault:
+    """Freezes a worker while it holds delivered, unacknowledged votes, then kills it."""
+    swarm = run.swarm
+    caught: dict[str, object] = {}
+
+    def freeze_holding_votes() -> bool:
+        task = swarm.task("worker")
+        swarm.on(task.node, "pause", task.container)
+        # The worker's consumer is named after its host name, the container's short id.
+        held = _pending_of(swarm, task.container[:12])
+        if held:
+            caught.update(task=task, held=held)
+            return True
+        swarm.on(task.node, "unpause", task.container)
+        return False
+
+    wait_until(freeze_holding_votes, 60, "a worker caught holding a batch", interval=0.1)
+    task = caught["task"]
+    assert isinstance(task, Task)
+    swarm.kill(task)
+    killed = time.monotonic()
+    fault = Fault(recovered=lambda: False,
+                  notes=[f"killed a worker holding {caught['held']} votes; the other worker claimed them"])
+
+    def claimed_and_replaced() -> bool:
+        if fault.held_back_s is None:
+            if _pending_of(swarm, task.container[:12]):
+                return False
+            fault.held_back_s = time.monotonic() - killed
+        return swarm.services_converged()
+
+    fault.recovered = claimed_and_replaced
+    return fault
+
+
+def _pending_of(swarm: Swarm, consumer_prefix: str) -> int:
+    master = _require(swarm.redis_master(), "a Redis master")
+    output = swarm.exec_in(swarm.task(master), REDIS_CLI + " XINFO CONSUMERS votes workers")
+    lines = output.replace("\r", "").splitlines()
+    for index, line in enumerate(lines[:-1]):
+        if line == "name" and lines[index + 1].startswith(consumer_prefix + "-"):
+            fields = dict(zip(lines[index::2], lines[index + 1::2]))
+            return int(fields.get("pending", "0"))
+    return 0
+
+
+def kill_replica(service: str) -> Callable[[Run, dict], Fault]:
+    def inject(run: Run, state: dict) -> Fault:
+        task = run.swarm.task(service)
+        run.swarm.kill(task)
+        return Fault(recovered=run.swarm.services_converged,
+                     notes=[f"killed a {service} replica on {task.node}; Swarm replaced it"])
+    return inject
+
+
+def freeze_postgres_primary(run: Run, state: dict) -> Fault:
+    swarm = run.swarm
+    old = _require(_one(swarm.pg_primaries()), "one PostgreSQL primary")
+    task = swarm.task(old)
+    swarm.on(task.node, "pause", task.container)
+    try:
+        wait_until(lambda: _one(swarm.pg_primaries()) not in (None, old), 60, "a standby promoted", interval=0.5)
+        time.sleep(max(0.0, CONTAINER_FROZEN_S - 5))  # frozen well past the promotion
+    finally:
+        swarm.on(task.node, "unpause", task.container)
+    return Fault(recovered=lambda: swarm.pg_whole(old),
+                 notes=[f"froze {old} (docker pause) for over {CONTAINER_FROZEN_S:.0f} s; on waking it stepped "
+                        "down and rejoined as a standby"])
+
+
+def _node_fault(run: Run, pick: Callable[[Swarm], str], what: str, fail: Callable[[str], None],
+                restore: Callable[[str], None], verb: str) -> Fault:
+    swarm = run.swarm
+    node = pick(swarm)
+    held = swarm.services_on(node)
+    redis_master = swarm.redis_master()
+    fail(node)
+    began = time.monotonic()
+    # Let Swarm, Sentinel and repmgr do their work without the node, then bring it back.
+    time.sleep(NODE_DOWN_S)
+    restore(node)
+    restored = time.monotonic()
+    notes = [f"{verb} {node} ({what}: {', '.join(held)}) for {restored - began:.0f} s"]
+
+    def whole_again() -> bool:
+        if not swarm.whole():
+            return False
+        notes.append(f"whole again {time.monotonic() - restored:.1f} s after it came back")
+        return True
+
+    return Fault(recovered=whole_again,
+                 # The vote path stops only while a new Redis master is chosen.
+                 max_outage_s=MAX_REDIS_FAILOVER_OUTAGE_S if redis_master in held else NO_OUTAGE,
+                 notes=notes)
+
+
+def node_killer(pick: Callable[[Swarm], str], what: str) -> Callable[[Run, dict], Fault]:
+    def inject(run: Run, state: dict) -> Fault:
+        return _node_fault(run, pick, what,
+                           fail=lambda node: run_host("kill", node),
+                           restore=lambda node: run_host("start", node), verb="killed (docker kill) and restarted")
+    return inject
+
+
+def cut_off_node(pick: Callable[[Swarm], str], what: str) -> Callable[[Run, dict], Fault]:
+    def inject(run: Run, state: dict) -> Fault:
+        return _node_fault(run, pick, what, fail=run.swarm.cut_off, restore=run.swarm.heal,
+                           verb="cut off from the other nodes (iptables, both ways), then healed")
+    return inject
+
+
+def freeze_node(pick: Callable[[Swarm], str], what: str) -> Callable[[Run, dict], Fault]:
+    def inject(run: Run, state: dict) -> Fault:
+        return _node_fault(run, pick, what, fail=lambda node: run_host("pause", node),
+                           restore=lambda node: run_host("unpause", node), verb="froze (docker pause) and resumed")
+    return inject
+
+
+def run_host(verb: str, node: str) -> None:
+    run(["docker", verb, node], timeout=120)
+
+
+def restart_cluster(run: Run, state: dict) -> Fault:
+    swarm = run.swarm
+    # Every dockerd stops its containers as it would on a shutdown: up to a minute each.
+    threads = [threading.Thread(target=run_host, args=("stop", node)) for node in swarm.nodes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for node in swarm.nodes:
+        run_host("start", node)
+
+    def one_primary() -> str | None:
+        primaries = swarm.pg_primaries()
+        return None if len(primaries) == 1 else f"{len(primaries)} PostgreSQL primaries after the restart"
+
+    return Fault(recovered=swarm.whole, checks=[one_primary],
+                 notes=["stopped every node (docker stop), then started them all: the stack converged by itself"])
+
+
+def rolling_update(run: Run, state: dict) -> Fault:
+    for service in ("vote", "result"):
+        run.swarm.cli("service", "update", "--detach=false", "--quiet", "--force", f"{run.swarm.stack}_{service}",
+                      timeout=300)
+    return Fault(recovered=lambda: True, notes=["docker service update --force of vote, then result"])
+
+
+def failed_update_rolled_back(run: Run, state: dict) -> Fault:
+    """A release that listens on the wrong port: its health check fails, Swarm rolls it back."""
+    swarm = run.swarm
+    service = f"{swarm.stack}_vote"
+
+    def spec() -> str:
+        return swarm.cli("service", "inspect", "-f", "{{json .Spec.TaskTemplate.ContainerSpec.Env}}", service)
+
+    before = spec()
+    swarm.cli("service", "update", "--detach=true", "--quiet", "--env-add", "VOTE_ADDR=0.0.0.0:9999", service)
+
+    def rolled_back() -> bool:
+        state_ = swarm.cli("service", "inspect", "-f", "{{.UpdateStatus.State}}", service).strip()
+        return state_ == "rollback_completed" and swarm.services_converged()
+
+    def same_spec() -> str | None:
+        return None if spec() == before else "vote's spec after the rollback differs from before"
+
+    return Fault(recovered=rolled_back, checks=[same_spec],
+                 notes=["an update of vote whose health check fails: Swarm rolled it back by itself"])
+
+
+def _require(value, what: str):
+    if not value:
+        raise RuntimeError(f"no {what} to fail: is the stack whole?")
+    return value
+
+
+def _one(values: list[str]) -> str | None:
+    return values[0] if len(values) == 1 else None
+
+
+def _redis_master_node(swarm: Swarm) -> str:
+    return swarm.node_of(_require(swarm.redis_master(), "a Redis master"))
+
+
+def _postgres_primary_node(swarm: Swarm) -> str:
+    return swarm.node_of(_require(_one(swarm.pg_primaries()), "one PostgreSQL primary"))
+
+
+def _raft_leader_node(swarm: Swarm) -> str:
+    return swarm.raft_leader()
+
+
+SCENARIOS: list[Scenario[Run]] = [
+    Scenario("steady", "load over HTTPS, no failure", no_fault, NO_OUTAGE, strict=True, duration_s=20),
+    Scenario("redis-master-killed", "kill -9 the Redis master's container", kill_redis_master,
+             MAX_REDIS_FAILOVER_OUTAGE_S),
+    Scenario("postgres-primary-killed", "kill -9 the PostgreSQL primary's container", kill_postgres_primary,
+             NO_OUTAGE),
+    Scenario("worker-killed", "kill -9 a worker mid-batch", kill_worker_mid_batch, NO_OUTAGE),
+    Scenario("vote-replica-killed", "kill -9 a vote replica", kill_replica("vote"), NO_OUTAGE),
+    Scenario("result-replica-killed", "kill -9 a result replica", kill_replica("result"), NO_OUTAGE),
+    Scenario("postgres-primary-frozen", "docker pause the PostgreSQL primary's container past the failover",
+             freeze_postgres_primary, NO_OUTAGE, duration_s=60),
+    Scenario("redis-master-node-cut-off", "cut the Redis master's node off the others for 30 s",
+             cut_off_node(_redis_master_node, "the Redis master's node"), None, duration_s=70),
+    Scenario("redis-master-node-killed", "kill the Redis master's node, start it again 30 s later",
+             node_killer(_redis_master_node, "the Redis master's node"), None, duration_s=70),
+    Scenario("postgres-primary-node-killed", "kill the PostgreSQL primary's node, start it again 30 s later",
+             node_killer(_postgres_primary_node, "the PostgreSQL primary's node"), None, duration_s=70),
+    Scenario("raft-leader-node-killed", "kill the Raft leader's node, start it again 30 s later",
+             node_killer(_raft_leader_node, "the Raft leader"), None, duration_s=70),
+    Scenario("postgres-primary-node-frozen", "docker pause the PostgreSQL primary's node for 30 s",
+             freeze_node(_postgres_primary_node, "the PostgreSQL primary's node"), None, duration_s=70),
+    Scenario("rolling-update", "update vote and result under load", rolling_update, NO_OUTAGE, strict=True,
+             duration_s=60),
+    Scenario("failed-update-rolled-back", "an update whose health check fails", failed_update_rolled_back,
+             NO_OUTAGE, duration_s=60),
+    # No outage or staleness target: nothing runs while every node is down.
+    Scenario("cluster-restarted", "stop every node, then start them all", restart_cluster, None,
+             duration_s=150, max_staleness_s=None),
+]
+
+
+def with_split_brain_check(scenario: Scenario[Run]) -> Scenario[Run]:
+    """The scenario, failed as well if two members of a tier accepted writes at once during it."""
+    def inject(target: Run, state: dict) -> Fault:
+        target.samplers.writable.take_overlaps()  # what happened before belongs to earlier scenarios
+        fault = scenario.inject(target, state)
+
+        def no_two_writers() -> str | None:
+            overlaps = target.samplers.writable.take_overlaps()
+            return f"two members accepted writes at once: {'; '.join(overlaps[:3])}" if overlaps else None
+
+        fault.checks.append(no_two_writers)
+        return fault
+    return Scenario(scenario.name, scenario.title, inject, scenario.max_outage_s, scenario.strict,
+                    scenario.duration_s, scenario.max_staleness_s)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="scripts/e2e-swarm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nodes", type=int, required=True)
+    parser.add_argument("--stack", default="voting")
+    parser.add_argument("--rate", type=float, default=100, help="votes per second (default 100)")
+    parser.add_argument("--duration", type=float, default=40, help="seconds of load per scenario (default 40)")
+    parser.add_argument("--fault-at", type=float, default=10, help="seconds into the load (default 10)")
+    parser.add_argument("--only", help="comma-separated scenario names")
+    parser.add_argument("--doc", action="store_true", help="rewrite the Swarm table in docs/chaos.md")
+    parser.add_argument("load", nargs=argparse.REMAINDER,
+                        help="after --: `voting load` and its arguments up to the rate and duration")
+    args = parser.parse_args()
+    load = [part for part in args.load if part != "--"]
+    if not load:
+        parser.error("give the load command after --")
+    chosen = choose(SCENARIOS, args.only)
+    swarm = Swarm(args.stack, args.nodes)
+    target = Run(swarm, Samplers(swarm))
+
+    def load_command(duration: float) -> list[str]:
+        return [*load, "--rate", str(args.rate), "--duration", f"{duration}s", "--concurrency", "2000",
+                "--timeout", "5s", "--verify-timeout", "180s", "--json"]
+
+    def whole_first(scenario: Scenario[Run]) -> None:
+        # Each scenario starts from a whole stack: the previous one's recovery is its own.
+        wait_until(swarm.whole, 300, f"the stack to be whole before {scenario.name}", interval=1)
+
+    try:
+        rows = run_all(target, [with_split_brain_check(s) for s in chosen], load_command, args.duration,
+                       args.fault_at, RESULTS_DIR, before_each=whole_first)
+    finally:
+        target.samplers.stop()
+    if args.doc and len(chosen) == len(SCENARIOS):
+        write_doc(DOC, "chaos-swarm", rows, f"{args.rate:.0f} votes/s, {args.nodes} Docker-in-Docker nodes "
+                                            "(`scripts/e2e-swarm`)")
+    sys.exit(summary("e2e-swarm", rows))
+
+
+if __name__ == "__main__":
+    main()
