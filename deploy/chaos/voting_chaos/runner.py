@@ -92,6 +92,8 @@ class Scenario(Generic[B]):
     duration_s: float | None = None
     # None: no target (nothing can be shown while every node is down).
     max_staleness_s: float | None = MAX_STALENESS_S
+    # Run before the load starts: puts the topology in the shape the failure needs.
+    prepare: Callable[[B], None] | None = None
 
 
 class SplitBrainWatch:
@@ -122,16 +124,18 @@ class SplitBrainWatch:
 
 
 def run_scenario(backend: B, scenario: Scenario[B], state: dict, load_command: Callable[[float], list[str]],
-                 duration: float, fault_at: float, results_dir: Path) -> Row:
+                 duration: float, fault_at: float, results_dir: Path, poll_interval: float = 0.05) -> Row:
     row = Row(scenario.name)
     duration = scenario.duration_s or duration
+    if scenario.prepare:
+        scenario.prepare(backend)
     load = subprocess.Popen(load_command(duration), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # The failure is scheduled into the run, so there is load before and after it.
     time.sleep(fault_at)
     began = time.monotonic()
     try:
         fault = scenario.inject(backend, state)
-        wait_until(fault.recovered, RECOVERY_TIMEOUT_S, f"{scenario.name}: recovery", interval=0.05)
+        wait_until(fault.recovered, RECOVERY_TIMEOUT_S, f"{scenario.name}: recovery", interval=poll_interval)
         row.recover_s = time.monotonic() - began
     except Exception as error:
         fault = Fault(recovered=lambda: True)
@@ -216,15 +220,17 @@ def write_doc(doc: Path, section: str, rows: Sequence[Row], description: str) ->
 
 def run_all(backend: B, scenarios: Sequence[Scenario[B]], load_command: Callable[[float], list[str]],
             duration: float, fault_at: float, results_dir: Path,
-            before_each: Callable[[Scenario[B]], None] | None = None) -> list[Row]:
-    """Runs the scenarios in order, printing each row as it is done, then the table."""
+            before_each: Callable[[Scenario[B]], None] | None = None, poll_interval: float = 0.05) -> list[Row]:
+    """Runs the scenarios in order, printing each row as it is done, then the table.
+    `poll_interval`: how often recovery is probed (a probe that costs a process per node
+    should not run back to back on the machine it measures)."""
     rows: list[Row] = []
     state: dict = {}
     for scenario in scenarios:
         print(f"== {scenario.name}: {scenario.title}", flush=True)
         if before_each:
             before_each(scenario)
-        row = run_scenario(backend, scenario, state, load_command, duration, fault_at, results_dir)
+        row = run_scenario(backend, scenario, state, load_command, duration, fault_at, results_dir, poll_interval)
         rows.append(row)
         print(table([row]).splitlines()[-1], flush=True)
     print("\n" + table(rows))

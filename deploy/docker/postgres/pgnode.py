@@ -455,11 +455,15 @@ class Node:
     def rejoin(self, primary: str) -> None:
         try:
             self._rewind_onto(primary)
+            self._await_streaming(REJOIN_STREAMING_TIMEOUT)
         except (RuntimeError, subprocess.TimeoutExpired) as error:
-            # pg_rewind cannot bring back every data directory: one killed during an earlier
-            # rewind or rejoin can hold a backup_label and a minimum recovery point on a timeline
-            # the primary's history has left, and then PostgreSQL refuses to start, at every
-            # attempt. Start over from a copy of the primary instead of failing forever. Nothing
+            # A rewound node does not always come back. Seen here: one killed during an earlier
+            # rewind held a backup_label and a minimum recovery point on a timeline the
+            # primary's history had left, and PostgreSQL refused to start at every attempt;
+            # another, whose local recovery had written past the point where the new primary's
+            # timeline forked off, started, but replayed its own old timeline past that point
+            # and then waited forever for WAL the primary does not have (repmgr reported the
+            # rejoin successful all the same). Start over from a copy of the primary instead. Nothing
             # acknowledged is given up: every commit was on a standby before it was acknowledged
             # (synchronous replication), and what this node holds beyond the primary is what a
             # rewind would have discarded too. Only while that primary still answers as one: a
@@ -469,6 +473,19 @@ class Node:
                 raise
             log(f"rejoin failed ({error}): cloning {primary} afresh instead")
             self.clone(primary)
+
+    def _await_streaming(self, timeout: float) -> None:
+        """Returns once this standby streams WAL from its primary; raises after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            answer = self._run([f"{PG_BIN}/psql", "-X", "-At", "-h", self.settings.socket_dir, "-d", "postgres",
+                                "-c", "SELECT status FROM pg_stat_wal_receiver"], check=False, quiet=True, timeout=10)
+            if answer.returncode == 0 and answer.stdout.strip() == "streaming":
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not streaming from the primary {timeout:.0f} s after the rejoin "
+                                   f"(WAL receiver: {answer.stdout.strip() or 'none'})")
+            time.sleep(1)
 
     def _rewind_onto(self, primary: str) -> None:
         s = self.settings
@@ -539,6 +556,8 @@ class Stop(Exception):
 
 
 REPMGRD_RETRY = 5.0
+# A rejoined standby that does not stream by then is cloned afresh.
+REJOIN_STREAMING_TIMEOUT = 60.0
 # How often a running primary asks whether the others have promoted someone else.
 SUPERSEDED_CHECK_INTERVAL = 2.0
 # repmgr restarts PostgreSQL to follow a new primary; down for longer than this is a failure.

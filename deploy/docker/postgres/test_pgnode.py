@@ -171,6 +171,9 @@ class ARejoinThatFails(unittest.TestCase):
         def stop_postgres(self) -> None:
             self.done.append("stop")
 
+        def _await_streaming(self, timeout: float) -> None:
+            self.done.append("await streaming")
+
         def probe(self, host: str) -> Peer:
             return Peer(host, self.primary_state)
 
@@ -179,6 +182,18 @@ class ARejoinThatFails(unittest.TestCase):
 
     def test_clones_the_primary_that_still_answers(self):
         fake = self.FakeNode(PRIMARY)
+        fake.rejoin("pg-2")
+        self.assertEqual(fake.done, ["rewind pg-2", "stop", "clone pg-2"])
+
+    def test_clones_when_the_rewound_standby_never_streams(self):
+        class NeverStreams(self.FakeNode):
+            def _rewind_onto(self, primary: str) -> None:
+                self.done.append(f"rewind {primary}")
+
+            def _await_streaming(self, timeout: float) -> None:
+                raise RuntimeError("not streaming")
+
+        fake = NeverStreams(PRIMARY)
         fake.rejoin("pg-2")
         self.assertEqual(fake.done, ["rewind pg-2", "stop", "clone pg-2"])
 
