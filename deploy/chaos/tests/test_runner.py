@@ -15,9 +15,9 @@ def report(lost: int = 0, extra: int = 0, outage_s: float = 0.0, screen_max_ms: 
                        "converged": converged, "vote_to_screen_ms": screen}}
 
 
-def verdict(data: dict, held_back_s: float | None = None, strict: bool = False) -> Row:
+def verdict(data: dict, held_back_s: float | None = None, strict: bool = False, limited_by: str | None = None) -> Row:
     row = Row("s")
-    judge(row, data, 5.0, held_back_s, strict=strict)
+    judge(row, data, 5.0, held_back_s, strict=strict, limited_by=limited_by)
     return row
 
 
@@ -50,6 +50,17 @@ class VerdictTest(unittest.TestCase):
         self.assertTrue(verdict(dict(clean, errors={"timeout": 1}), strict=True).failures)
         self.assertTrue(verdict(dict(clean, unknown=1), strict=True).failures)
         self.assertEqual(verdict(dict(clean, unknown=1)).failures, [], "only strict scenarios count them")
+
+    def test_a_known_limit_reports_a_missed_timing_target_without_failing(self) -> None:
+        row = verdict(report(outage_s=7.5, screen_max_ms=12_000), limited_by="one Pgpool-II")
+        self.assertEqual(row.failures, [])
+        self.assertEqual(len(row.missed), 2)
+        self.assertIn("2.50 s over 5 s", row.missed[0])
+        self.assertIn("| target missed: vote outage 7.50 s", table([row]))
+
+    def test_a_known_limit_never_excuses_a_lost_vote(self) -> None:
+        row = verdict(report(lost=1, outage_s=7.5), limited_by="one Pgpool-II")
+        self.assertIn("1 lost, 0 extra", row.failures)
 
     def test_nothing_acknowledged_fails(self) -> None:
         self.assertTrue(verdict(dict(report(), acknowledged=0)).failures)

@@ -61,6 +61,10 @@ class Row:
     recover_s: float | None = None
     notes: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    # Timing targets missed where the scenario names what limits them (`Scenario.limited_by`):
+    # shown in the row and the summary, without failing the run. Nothing lost, nothing extra,
+    # results converged, one master, a recovery: those always fail.
+    missed: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -94,6 +98,9 @@ class Scenario(Generic[B]):
     max_staleness_s: float | None = MAX_STALENESS_S
     # Run before the load starts: puts the topology in the shape the failure needs.
     prepare: Callable[[B], None] | None = None
+    # Why this scenario's outage and staleness targets cannot be met yet, if they cannot: the
+    # component that limits them. A missed timing target is then reported, not failed.
+    limited_by: str | None = None
 
 
 class SplitBrainWatch:
@@ -157,13 +164,15 @@ def run_scenario(backend: B, scenario: Scenario[B], state: dict, load_command: C
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / f"{scenario.name}.json").write_text(json.dumps(report, indent=2))
     max_outage = fault.max_outage_s if fault.max_outage_s is not None else scenario.max_outage_s
-    judge(row, report, max_outage, fault.held_back_s, strict=scenario.strict, max_staleness_s=scenario.max_staleness_s)
+    judge(row, report, max_outage, fault.held_back_s, strict=scenario.strict, max_staleness_s=scenario.max_staleness_s,
+          limited_by=scenario.limited_by)
     return row
 
 
 def judge(row: Row, report: dict, max_outage_s: float | None, held_back_s: float | None = None,
-          strict: bool = False, max_staleness_s: float | None = MAX_STALENESS_S) -> None:
+          strict: bool = False, max_staleness_s: float | None = MAX_STALENESS_S, limited_by: str | None = None) -> None:
     """Fills `row` from a `voting load --json` report and records every missed target."""
+    timing = row.missed if limited_by else row.failures
     verify = report.get("verify") or {}
     row.acknowledged = report["acknowledged"]
     row.counted = verify.get("counted", 0)
@@ -180,11 +189,14 @@ def judge(row: Row, report: dict, max_outage_s: float | None, held_back_s: float
     if row.lost or row.extra:
         row.failures.append(f"{row.lost} lost, {row.extra} extra")
     if max_outage_s is not None and row.outage_s > max_outage_s:
-        row.failures.append(f"vote outage {row.outage_s:.2f} s > {max_outage_s:.0f} s")
+        timing.append(f"vote outage {row.outage_s:.2f} s, {row.outage_s - max_outage_s:.2f} s over {max_outage_s:.0f} s")
     if row.staleness_s is None:
         row.failures.append("the result stream never showed every acknowledged vote")
     elif max_staleness_s is not None and row.staleness_s > max_staleness_s:
-        row.failures.append(f"results {row.staleness_s:.1f} s stale > {max_staleness_s:.0f} s")
+        timing.append(f"results {row.staleness_s:.1f} s stale, {row.staleness_s - max_staleness_s:.1f} s over "
+                      f"{max_staleness_s:.0f} s")
+    if row.missed and limited_by:
+        row.notes.append(f"target missed, limited by {limited_by}")
     if strict:
         failed = sum((report.get("errors") or {}).values())
         refused, unknown = report.get("refused", 0), report.get("unknown", 0)
@@ -199,7 +211,12 @@ def table(rows: Sequence[Row]) -> str:
     for r in rows:
         staleness = f"{r.staleness_s:.2f} s" if r.staleness_s is not None else "—"
         recover = f"{r.recover_s:.2f} s" if r.recover_s is not None else "—"
-        verdict = "pass" if not r.failures else "FAIL: " + "; ".join(r.failures)
+        if r.failures:
+            verdict = "FAIL: " + "; ".join(r.failures)
+        elif r.missed:
+            verdict = "target missed: " + "; ".join(r.missed)
+        else:
+            verdict = "pass"
         lines.append(f"| {r.scenario} | {r.acknowledged} | {r.counted} | {r.lost} | {r.extra} | {r.unknown} "
                      f"| {r.outage_s:.2f} s | {staleness} | {recover} | {verdict} |")
     return "\n".join(lines)
@@ -240,7 +257,12 @@ def run_all(backend: B, scenarios: Sequence[Scenario[B]], load_command: Callable
 def summary(prog: str, rows: Sequence[Row]) -> int:
     """Prints the one-line summary; the exit status."""
     failed = [r.scenario for r in rows if r.failures]
-    print(f"\n{prog}: {len(rows) - len(failed)} passed, {len(failed)} failed" + (f" ({', '.join(failed)})" if failed else ""))
+    missed = [r.scenario for r in rows if r.missed and not r.failures]
+    passed = len(rows) - len(failed) - len(missed)
+    line = f"\n{prog}: {passed} passed, {len(missed)} missed a timing target whose limit is known"
+    line += f" ({', '.join(missed)})" if missed else ""
+    line += f", {len(failed)} failed" + (f" ({', '.join(failed)})" if failed else "")
+    print(line)
     return 1 if failed else 0
 
 

@@ -602,6 +602,14 @@ def redis_master_off_the_raft_leader(run: Run) -> None:
                "the Redis master moved off the Raft leader's node", interval=1)
 
 
+# What limits the node scenarios' timing on this machine (see docs/chaos.md): a node that dies
+# or is cut off sends no reset, so Sentinel, HAProxy and repmgr wait out their timeouts, and
+# with four Docker nodes on two cores (load average ~15 under the suite) those timers run late;
+# Pgpool-II is one replica (issue 12), so results wait for Swarm to start it again when its node
+# is the one that went.
+NODE_LIMITS = ("silent node failures waited out by Sentinel, HAProxy and repmgr timers on an overloaded "
+               "2-core host running 4 nodes; Pgpool-II as one replica (issue 12)")
+
 SCENARIOS: list[Scenario[Run]] = [
     Scenario("steady", "load over HTTPS, no failure", no_fault, NO_OUTAGE, strict=True, duration_s=20),
     Scenario("redis-master-killed", "kill -9 the Redis master's container", kill_redis_master,
@@ -613,22 +621,27 @@ SCENARIOS: list[Scenario[Run]] = [
     Scenario("result-replica-killed", "kill -9 a result replica", kill_replica("result"), NO_OUTAGE),
     Scenario("postgres-primary-frozen", "docker pause the PostgreSQL primary's container past the failover",
              freeze_postgres_primary, NO_OUTAGE, duration_s=60),
-    Scenario("redis-master-node-cut-off", "cut the Redis master's node off the others for 30 s",
-             cut_off_node(_redis_master_node, "the Redis master's node"), None, duration_s=70,
-             prepare=redis_master_off_the_raft_leader),
-    Scenario("redis-master-node-killed", "kill the Redis master's node, start it again 30 s later",
-             node_killer(_redis_master_node, "the Redis master's node"), None, duration_s=70),
-    Scenario("postgres-primary-node-killed", "kill the PostgreSQL primary's node, start it again 30 s later",
-             node_killer(_postgres_primary_node, "the PostgreSQL primary's node"), None, duration_s=70),
-    Scenario("raft-leader-node-killed", "kill the Raft leader's node, start it again 30 s later",
-             node_killer(_raft_leader_node, "the Raft leader"), None, duration_s=70),
-    Scenario("postgres-primary-node-frozen", "docker pause the PostgreSQL primary's node for 30 s",
-             freeze_node(_postgres_primary_node, "the PostgreSQL primary's node"), None, duration_s=70),
+    # No target: Swarm restarts the task (restart delay, start, health check) and e2e.yml's
+    # Traefik waits for its aliases to resolve before it serves (see e2e.yml).
     Scenario("traefik-restarted", "kill -9 Traefik's container", restart_traefik, None),
     Scenario("rolling-update", "update vote and result under load", rolling_update, NO_OUTAGE, strict=True,
              duration_s=60),
     Scenario("failed-update-rolled-back", "an update whose health check fails", failed_update_rolled_back,
              NO_OUTAGE, duration_s=60),
+    Scenario("redis-master-node-cut-off", "cut the Redis master's node off the others for 30 s",
+             cut_off_node(_redis_master_node, "the Redis master's node"), None, duration_s=70,
+             prepare=redis_master_off_the_raft_leader, limited_by=NODE_LIMITS),
+    Scenario("redis-master-node-killed", "kill the Redis master's node, start it again 30 s later",
+             node_killer(_redis_master_node, "the Redis master's node"), None, duration_s=70,
+             limited_by=NODE_LIMITS),
+    Scenario("postgres-primary-node-killed", "kill the PostgreSQL primary's node, start it again 30 s later",
+             node_killer(_postgres_primary_node, "the PostgreSQL primary's node"), None, duration_s=70,
+             limited_by=NODE_LIMITS),
+    Scenario("raft-leader-node-killed", "kill the Raft leader's node, start it again 30 s later",
+             node_killer(_raft_leader_node, "the Raft leader"), None, duration_s=70, limited_by=NODE_LIMITS),
+    Scenario("postgres-primary-node-frozen", "docker pause the PostgreSQL primary's node for 30 s",
+             freeze_node(_postgres_primary_node, "the PostgreSQL primary's node"), None, duration_s=70,
+             limited_by=NODE_LIMITS),
     # No outage or staleness target: nothing runs while every node is down.
     Scenario("cluster-restarted", "stop every node, then start them all", restart_cluster, None,
              duration_s=150, max_staleness_s=None),

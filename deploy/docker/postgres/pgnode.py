@@ -10,7 +10,7 @@ network each time it starts:
 | empty              | none answers, and this is the initial primary    | initialises the cluster    |
 | empty              | anything else                                    | waits                      |
 | holds data         | one of them is primary                           | `repmgr node rejoin --force-rewind` onto it: a standby again, whatever it was before |
-|                    |                                                  | (if that fails and the primary still answers: a fresh clone of it) |
+|                    |                                                  | (a fresh clone of it instead if this was a primary that was killed, or if the rejoin fails while the primary answers) |
 | holds data, was a standby | no primary                                | starts as a standby (repmgrd picks a primary) |
 | holds data, was primary   | no primary; a majority of the nodes (itself included) answer, none names another primary, and the grace period is over | starts as primary (a cold start of the whole cluster) |
 | holds data, was primary   | anything else                             | waits                      |
@@ -452,22 +452,35 @@ class Node:
         self.start_postgres()
         self._repmgr(["standby", "register", "--force"])
 
+    def data_dir_state(self) -> str:
+        return cluster_state(self._run([f"{PG_BIN}/pg_controldata", self.settings.data_dir], quiet=True).stdout)
+
     def rejoin(self, primary: str) -> None:
+        state = self.data_dir_state()
+        if self.local().was_primary and not shut_down_cleanly(state):
+            # A primary that was killed must replay its own WAL before pg_rewind can read it,
+            # and that recovery ends with a checkpoint written on its old timeline, past the
+            # point where the new primary's timeline forked off. Every such rewind here (3 of 3)
+            # then replayed the old timeline past the fork and waited forever for WAL the new
+            # primary does not have. A fresh copy is what it ends up needing anyway: take it
+            # straight away. Nothing acknowledged is given up: every commit was on a standby
+            # before it was acknowledged (synchronous replication), and what this node holds
+            # beyond the new primary is what a rewind would discard too.
+            log(f"data directory state is {state!r} and this node was primary: cloning {primary} "
+                "instead of rewinding")
+            self.clone(primary)
+            return
         try:
-            self._rewind_onto(primary)
+            self._rewind_onto(primary, state)
             self._await_streaming(REJOIN_STREAMING_TIMEOUT)
         except (RuntimeError, subprocess.TimeoutExpired) as error:
-            # A rewound node does not always come back. Seen here: one killed during an earlier
-            # rewind held a backup_label and a minimum recovery point on a timeline the
-            # primary's history had left, and PostgreSQL refused to start at every attempt;
-            # another, whose local recovery had written past the point where the new primary's
-            # timeline forked off, started, but replayed its own old timeline past that point
-            # and then waited forever for WAL the primary does not have (repmgr reported the
-            # rejoin successful all the same). Start over from a copy of the primary instead. Nothing
-            # acknowledged is given up: every commit was on a standby before it was acknowledged
-            # (synchronous replication), and what this node holds beyond the primary is what a
-            # rewind would have discarded too. Only while that primary still answers as one: a
-            # rejoin that failed because it went away is decided again from the start.
+            # A rewound node does not always come back: one killed during an earlier rewind or
+            # rejoin can hold a backup_label and a minimum recovery point on a timeline the
+            # primary's history has left, and PostgreSQL refuses to start at every attempt; one
+            # can start and never stream (repmgr reports the rejoin successful all the same).
+            # Start over from a copy of the primary instead, for the reasons above. Only while
+            # that primary still answers as one: a rejoin that failed because it went away is
+            # decided again from the start.
             self.stop_postgres()
             if self.probe(primary).state != PRIMARY:
                 raise
@@ -487,12 +500,12 @@ class Node:
                                    f"(WAL receiver: {answer.stdout.strip() or 'none'})")
             time.sleep(1)
 
-    def _rewind_onto(self, primary: str) -> None:
+    def _rewind_onto(self, primary: str, state: str) -> None:
         s = self.settings
-        state = cluster_state(self._run([f"{PG_BIN}/pg_controldata", s.data_dir], quiet=True).stdout)
         if not shut_down_cleanly(state):
-            # Killed rather than stopped: replay its own WAL first, reachable by nobody, so that
-            # rejoin and pg_rewind find a cleanly shut down cluster.
+            # A standby killed rather than stopped: replay its own WAL first, reachable by
+            # nobody, so that rejoin and pg_rewind find a cleanly shut down cluster (a standby
+            # stays in recovery: it writes no checkpoint of its own).
             log(f"data directory state is {state!r}: recovering it locally before the rejoin")
             self._run([f"{PG_BIN}/pg_ctl", "start", "-w", "-t", "300", "-D", s.data_dir, "-l", "/dev/stderr",
                        "-o", f"-c listen_addresses='' -c unix_socket_directories={s.socket_dir}"])
@@ -557,7 +570,7 @@ class Stop(Exception):
 
 REPMGRD_RETRY = 5.0
 # A rejoined standby that does not stream by then is cloned afresh.
-REJOIN_STREAMING_TIMEOUT = 60.0
+REJOIN_STREAMING_TIMEOUT = 30.0
 # How often a running primary asks whether the others have promoted someone else.
 SUPERSEDED_CHECK_INTERVAL = 2.0
 # repmgr restarts PostgreSQL to follow a new primary; down for longer than this is a failure.

@@ -164,7 +164,15 @@ class ARejoinThatFails(unittest.TestCase):
             self.primary_state = primary_state
             self.done: list[str] = []
 
-        def _rewind_onto(self, primary: str) -> None:
+        def data_dir_state(self) -> str:
+            return "shut down in recovery"
+
+        def local(self) -> Local:
+            return Local("pg-1", False, True, self.was_primary)
+
+        was_primary = False
+
+        def _rewind_onto(self, primary: str, state: str) -> None:
             self.done.append(f"rewind {primary}")
             raise RuntimeError("pg_ctl exited with 1")
 
@@ -187,7 +195,7 @@ class ARejoinThatFails(unittest.TestCase):
 
     def test_clones_when_the_rewound_standby_never_streams(self):
         class NeverStreams(self.FakeNode):
-            def _rewind_onto(self, primary: str) -> None:
+            def _rewind_onto(self, primary: str, state: str) -> None:
                 self.done.append(f"rewind {primary}")
 
             def _await_streaming(self, timeout: float) -> None:
@@ -196,6 +204,17 @@ class ARejoinThatFails(unittest.TestCase):
         fake = NeverStreams(PRIMARY)
         fake.rejoin("pg-2")
         self.assertEqual(fake.done, ["rewind pg-2", "stop", "clone pg-2"])
+
+    def test_a_killed_primary_is_cloned_without_a_rewind(self):
+        class KilledPrimary(self.FakeNode):
+            was_primary = True
+
+            def data_dir_state(self) -> str:
+                return "in production"
+
+        fake = KilledPrimary(PRIMARY)
+        fake.rejoin("pg-2")
+        self.assertEqual(fake.done, ["clone pg-2"])
 
     def test_keeps_its_data_when_the_primary_went_away(self):
         fake = self.FakeNode(UNREACHABLE)
