@@ -251,16 +251,20 @@ REDIS_CLI = 'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" redis-cli'
 
 # -- who would accept a write, sampled in every member -------------------------------------
 
-# Each prints one line per 50 ms, "1" when the member would accept a write and "0" when not,
-# and starts over when the server restarts under it. (mawk reads a pipe in blocks, which would
-# deliver the samples in bursts, unless told it is interactive.)
-REDIS_SAMPLER = (f"while :; do {REDIS_CLI} -r -1 -i 0.05 INFO replication 2>/dev/null "
-                 "| awk -W interactive -F: '{sub(/\\r$/, \"\")} /^role:/ {role = $2} /^min_slaves_good_slaves:/ {good = $2} "
-                 "/^master_repl_offset:/ {print (role == \"master\" && good > 0) ? 1 : 0; "
+# Each prints one line per 50 ms, "TIME 1" when the member would accept a write and "TIME 0"
+# when not, TIME being the server's own clock when it answered (containers share this
+# machine's clock): a sample produced before a freeze and delivered after it must not count as
+# current. Each starts over when the server restarts under it. (mawk reads a pipe in blocks,
+# which would deliver the samples in bursts, unless told it is interactive.)
+REDIS_SAMPLER = (f"while :; do {REDIS_CLI} -r -1 -i 0.05 INFO server replication 2>/dev/null "
+                 "| awk -W interactive -F: '{sub(/\\r$/, \"\")} /^server_time_usec:/ {now = $2} "
+                 "/^role:/ {role = $2} /^min_slaves_good_slaves:/ {good = $2} "
+                 "/^master_repl_offset:/ {printf \"%.3f %d\\n\", now / 1000000, (role == \"master\" && good > 0); "
                  "fflush(); good = 0}'; sleep 0.2; done")
-POSTGRES_SAMPLER = ("while :; do while :; do echo \"SELECT NOT pg_is_in_recovery() AND (SELECT count(*) > 0 "
-                    "FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum'));\"; sleep 0.05; done "
-                    "| psql -h /var/run/postgresql -XAtq 2>/dev/null | sed -u 's/^t$/1/; s/^f$/0/'; sleep 0.2; done")
+POSTGRES_SAMPLER = ("while :; do while :; do echo \"SELECT extract(epoch FROM clock_timestamp())::numeric(16, 3) "
+                    "|| ' ' || (NOT pg_is_in_recovery() AND (SELECT count(*) > 0 FROM pg_stat_replication "
+                    "WHERE sync_state IN ('sync', 'quorum')))::int;\"; sleep 0.05; done "
+                    "| psql -h /var/run/postgresql -XAtq 2>/dev/null; sleep 0.2; done")
 
 
 @dataclass
@@ -271,19 +275,31 @@ class Writable:
     overlaps: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def record(self, member: str, tier: tuple[str, ...], writable: bool) -> None:
-        now = time.monotonic()
+    def record(self, member: str, tier: tuple[str, ...], at: float, writable: bool) -> None:
+        """A sample `member` took at `at` (its server's clock, seconds since the epoch)."""
         with self.lock:
-            self.latest[member] = (now, writable)
+            self.latest[member] = (at, writable)
             writers = [m for m in tier if m in self.latest
-                       and self.latest[m][1] and now - self.latest[m][0] <= SAMPLE_FRESH_S]
+                       and self.latest[m][1] and abs(at - self.latest[m][0]) <= SAMPLE_FRESH_S]
             if len(writers) > 1:
-                self.overlaps.append(f"{time.strftime('%H:%M:%S')} {' and '.join(writers)}")
+                moment = time.strftime("%H:%M:%S", time.gmtime(at)) + f".{int(at * 1000) % 1000:03d}"
+                self.overlaps.append(f"{moment} {' and '.join(writers)}")
 
     def take_overlaps(self) -> list[str]:
         with self.lock:
             taken, self.overlaps = self.overlaps, []
         return taken
+
+
+def parse_sample(line: str) -> tuple[float, bool] | None:
+    """"TIME 0|1" from a sampler; None for anything else (a restart's noise)."""
+    fields = line.split()
+    if len(fields) != 2 or fields[1] not in ("0", "1"):
+        return None
+    try:
+        return float(fields[0]), fields[1] == "1"
+    except ValueError:
+        return None
 
 
 class Samplers:
@@ -316,8 +332,9 @@ class Samplers:
             for line in process.stdout:
                 if self._stop.is_set():
                     break
-                if line.strip() in ("0", "1"):
-                    self.writable.record(member, tier, line.strip() == "1")
+                sample = parse_sample(line)
+                if sample:
+                    self.writable.record(member, tier, *sample)
             process.kill()
             process.wait()
             self._stop.wait(0.5)
@@ -620,7 +637,9 @@ SCENARIOS: list[Scenario[Run]] = [
     Scenario("vote-replica-killed", "kill -9 a vote replica", kill_replica("vote"), NO_OUTAGE),
     Scenario("result-replica-killed", "kill -9 a result replica", kill_replica("result"), NO_OUTAGE),
     Scenario("postgres-primary-frozen", "docker pause the PostgreSQL primary's container past the failover",
-             freeze_postgres_primary, NO_OUTAGE, duration_s=60),
+             freeze_postgres_primary, NO_OUTAGE, duration_s=60,
+             limited_by="Pgpool-II, whose search for the new primary waits on the frozen node's half-open "
+                        "connection until it thaws (its connect_timeout bounds the TCP connect only)"),
     # No target: Swarm restarts the task (restart delay, start, health check) and e2e.yml's
     # Traefik waits for its aliases to resolve before it serves (see e2e.yml).
     Scenario("traefik-restarted", "kill -9 Traefik's container", restart_traefik, None),
