@@ -41,7 +41,7 @@ NODE_PREFIX = "voting-node"
 REDIS = ("redis-1", "redis-2", "redis-3")
 POSTGRES = ("pg-1", "pg-2", "pg-3")
 # How long a node stays dead, cut off or frozen: longer than every failover it causes.
-NODE_DOWN_S = 30.0
+NODE_DOWN_S = 25.0
 CONTAINER_FROZEN_S = 20.0
 TASKS_MAX_AGE_S = 2.0
 SAMPLER_LIFETIME_S = 120
@@ -647,23 +647,23 @@ SCENARIOS: list[Scenario[Run]] = [
              duration_s=60),
     Scenario("failed-update-rolled-back", "an update whose health check fails", failed_update_rolled_back,
              NO_OUTAGE, duration_s=60),
-    Scenario("redis-master-node-cut-off", "cut the Redis master's node off the others for 30 s",
-             cut_off_node(_redis_master_node, "the Redis master's node"), None, duration_s=70,
+    Scenario("redis-master-node-cut-off", "cut the Redis master's node off the others for 25 s",
+             cut_off_node(_redis_master_node, "the Redis master's node"), None, duration_s=60,
              prepare=redis_master_off_the_raft_leader, limited_by=NODE_LIMITS),
-    Scenario("redis-master-node-killed", "kill the Redis master's node, start it again 30 s later",
-             node_killer(_redis_master_node, "the Redis master's node"), None, duration_s=70,
+    Scenario("redis-master-node-killed", "kill the Redis master's node, start it again 25 s later",
+             node_killer(_redis_master_node, "the Redis master's node"), None, duration_s=60,
              limited_by=NODE_LIMITS),
-    Scenario("postgres-primary-node-killed", "kill the PostgreSQL primary's node, start it again 30 s later",
-             node_killer(_postgres_primary_node, "the PostgreSQL primary's node"), None, duration_s=70,
+    Scenario("postgres-primary-node-killed", "kill the PostgreSQL primary's node, start it again 25 s later",
+             node_killer(_postgres_primary_node, "the PostgreSQL primary's node"), None, duration_s=60,
              limited_by=NODE_LIMITS),
-    Scenario("raft-leader-node-killed", "kill the Raft leader's node, start it again 30 s later",
-             node_killer(_raft_leader_node, "the Raft leader"), None, duration_s=70, limited_by=NODE_LIMITS),
-    Scenario("postgres-primary-node-frozen", "docker pause the PostgreSQL primary's node for 30 s",
-             freeze_node(_postgres_primary_node, "the PostgreSQL primary's node"), None, duration_s=70,
+    Scenario("raft-leader-node-killed", "kill the Raft leader's node, start it again 25 s later",
+             node_killer(_raft_leader_node, "the Raft leader"), None, duration_s=60, limited_by=NODE_LIMITS),
+    Scenario("postgres-primary-node-frozen", "docker pause the PostgreSQL primary's node for 25 s",
+             freeze_node(_postgres_primary_node, "the PostgreSQL primary's node"), None, duration_s=60,
              limited_by=NODE_LIMITS),
     # No outage or staleness target: nothing runs while every node is down.
     Scenario("cluster-restarted", "stop every node, then start them all", restart_cluster, None,
-             duration_s=150, max_staleness_s=None),
+             duration_s=120, max_staleness_s=None),
 ]
 
 
@@ -688,7 +688,7 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, required=True)
     parser.add_argument("--stack", default="voting")
     parser.add_argument("--rate", type=float, default=100, help="votes per second (default 100)")
-    parser.add_argument("--duration", type=float, default=40, help="seconds of load per scenario (default 40)")
+    parser.add_argument("--duration", type=float, default=30, help="seconds of load per scenario (default 30)")
     parser.add_argument("--fault-at", type=float, default=10, help="seconds into the load (default 10)")
     parser.add_argument("--edge", required=True, help="the edge node's address (Traefik's ports)")
     parser.add_argument("--hosts", required=True, help="the vote and result host names, comma-separated")
