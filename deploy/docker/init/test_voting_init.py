@@ -6,7 +6,6 @@ files, and the role a Redis node takes. Runs the script with /bin/sh and a fake 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import tempfile
 import textwrap
