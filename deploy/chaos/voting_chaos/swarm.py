@@ -381,8 +381,12 @@ def kill_worker_mid_batch(run: Run, state: dict) -> Fault:
     def freeze_holding_votes() -> bool:
         task = swarm.task("worker")
         swarm.on(task.node, "pause", task.container)
-        # The worker's consumer is named after its host name, the container's short id.
-        held = _pending_of(swarm, task.container[:12])
+        try:
+            # The worker's consumer is named after its host name, the container's short id.
+            held = _pending_of(swarm, task.container[:12])
+        except BaseException:
+            swarm.on(task.node, "unpause", task.container)  # never leave it frozen
+            raise
         if held:
             caught.update(task=task, held=held)
             return True
