@@ -45,6 +45,8 @@ NODE_DOWN_S = 25.0
 CONTAINER_FROZEN_S = 20.0
 TASKS_MAX_AGE_S = 2.0
 SAMPLER_LIFETIME_S = 120
+# redis-cli in a Redis or Sentinel container, with the stack's password secret.
+REDIS_CLI = 'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" redis-cli'
 # A member's last sample older than this says nothing (its container is frozen or gone).
 SAMPLE_FRESH_S = 0.25
 
@@ -77,9 +79,9 @@ class Swarm:
 
     # -- docker ------------------------------------------------------------------------
 
-    def on(self, node: str, *args: str, timeout: float = 60, check: bool = True) -> str:
+    def on(self, node: str, *args: str, timeout: float = 60) -> str:
         """The docker CLI inside `node`, reached through this machine's engine."""
-        return run(["docker", "exec", node, "docker", *args], timeout=timeout, check=check)
+        return run(["docker", "exec", node, "docker", *args], timeout=timeout)
 
     def node_state(self, node: str) -> str:
         """running, paused, exited… as this machine's engine sees the node's container."""
@@ -200,11 +202,11 @@ class Swarm:
             if running != wanted:
                 return False
         for node in self.up_nodes():
-            unhealthy = self.on(node, "ps", "-q", "--filter", f"label=com.docker.stack.namespace={self.stack}",
-                                "--filter", "health=unhealthy", timeout=10)
-            starting = self.on(node, "ps", "-q", "--filter", f"label=com.docker.stack.namespace={self.stack}",
-                               "--filter", "health=starting", timeout=10)
-            if unhealthy.strip() or starting.strip():
+            # Running is not healthy: one listing per node, every task's status ("Up 3 minutes
+            # (health: starting)", "… (unhealthy)").
+            statuses = self.on(node, "ps", "--filter", f"label=com.docker.stack.namespace={self.stack}",
+                               "--format", "{{.Status}}", timeout=10)
+            if "(health: starting)" in statuses or "(unhealthy)" in statuses:
                 return False
         return True
 
@@ -244,9 +246,6 @@ class Swarm:
     def heal(self, node: str) -> None:
         run(["docker", "exec", node, "sh", "-c", "iptables -D INPUT -j VOTING-CUT; iptables -D OUTPUT -j VOTING-CUT; "
              "iptables -F VOTING-CUT; iptables -X VOTING-CUT"], check=False)
-
-
-REDIS_CLI = 'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" redis-cli'
 
 
 # -- who would accept a write, sampled in every member -------------------------------------
@@ -601,10 +600,6 @@ def _postgres_primary_node(swarm: Swarm) -> str:
     return swarm.node_of(_require(_one(swarm.pg_primaries()), "one PostgreSQL primary"))
 
 
-def _raft_leader_node(swarm: Swarm) -> str:
-    return swarm.raft_leader()
-
-
 def redis_master_off_the_raft_leader(run: Run) -> None:
     """Moves the Redis master off the Raft leader's node (a Sentinel failover), if it is there.
 
@@ -617,8 +612,7 @@ def redis_master_off_the_raft_leader(run: Run) -> None:
     if swarm.node_of(master) != swarm.raft_leader():
         return
     sentinel = swarm.task("sentinel-1")
-    swarm.exec_in(sentinel, 'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" redis-cli -p 26379 '
-                            "SENTINEL FAILOVER voting")
+    swarm.exec_in(sentinel, REDIS_CLI + " -p 26379 SENTINEL FAILOVER voting")
     wait_until(lambda: swarm.redis_master() not in (None, master) and swarm.redis_whole(), 60,
                "the Redis master moved off the Raft leader's node", interval=1)
 
@@ -661,7 +655,7 @@ SCENARIOS: list[Scenario[Run]] = [
              node_killer(_postgres_primary_node, "the PostgreSQL primary's node"), None, duration_s=60,
              limited_by=NODE_LIMITS),
     Scenario("raft-leader-node-killed", "kill the Raft leader's node, start it again 25 s later",
-             node_killer(_raft_leader_node, "the Raft leader"), None, duration_s=60, limited_by=NODE_LIMITS),
+             node_killer(Swarm.raft_leader, "the Raft leader"), None, duration_s=60, limited_by=NODE_LIMITS),
     Scenario("postgres-primary-node-frozen", "docker pause the PostgreSQL primary's node for 25 s",
              freeze_node(_postgres_primary_node, "the PostgreSQL primary's node"), None, duration_s=60,
              limited_by=NODE_LIMITS),

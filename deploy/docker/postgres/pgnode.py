@@ -491,13 +491,12 @@ class Node:
         """Returns once this standby streams WAL from its primary; raises after `timeout` s."""
         deadline = time.monotonic() + timeout
         while True:
-            answer = self._run([f"{PG_BIN}/psql", "-X", "-At", "-h", self.settings.socket_dir, "-d", "postgres",
-                                "-c", "SELECT status FROM pg_stat_wal_receiver"], check=False, quiet=True, timeout=10)
-            if answer.returncode == 0 and answer.stdout.strip() == "streaming":
+            status = self.local_query("SELECT status FROM pg_stat_wal_receiver")
+            if status == "streaming":
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"not streaming from the primary {timeout:.0f} s after the rejoin "
-                                   f"(WAL receiver: {answer.stdout.strip() or 'none'})")
+                                   f"(WAL receiver: {status or 'none'})")
             time.sleep(1)
 
     def _rewind_onto(self, primary: str, state: str) -> None:
@@ -526,10 +525,14 @@ class Node:
             self._run([f"{PG_BIN}/pg_ctl", "stop", "-w", "-t", "60", "-m", "fast", "-D", self.settings.data_dir],
                       check=False)
 
-    def running_as_primary(self) -> bool:
+    def local_query(self, sql: str) -> Optional[str]:
+        """One value from this node's own server over its socket; None if it does not answer."""
         answer = self._run([f"{PG_BIN}/psql", "-X", "-At", "-h", self.settings.socket_dir, "-d", "postgres",
-                            "-c", "SELECT pg_is_in_recovery()"], check=False, quiet=True, timeout=10)
-        return answer.returncode == 0 and answer.stdout.strip() == "f"
+                            "-c", sql], check=False, quiet=True, timeout=10)
+        return answer.stdout.strip() if answer.returncode == 0 else None
+
+    def running_as_primary(self) -> bool:
+        return self.local_query("SELECT pg_is_in_recovery()") == "f"
 
     def postgres_running(self) -> bool:
         return self._run([f"{PG_BIN}/pg_ctl", "status", "-D", self.settings.data_dir],
