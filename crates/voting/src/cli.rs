@@ -174,6 +174,11 @@ pub struct ConnectionArgs {
     /// Most connections one client address (an IPv6 /64) holds open.
     #[arg(long, env = "MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256)]
     pub max_connections_per_client: usize,
+    /// After SIGTERM, how long to keep serving with `/healthz` failing and every response
+    /// closing its connection, before accepting stops: longer than the load balancer takes
+    /// to drop this backend (Traefik's provider refresh or health check interval).
+    #[arg(long, env = "SHUTDOWN_DRAIN_MS", default_value_t = 0)]
+    pub shutdown_drain_ms: u64,
 }
 
 impl ConnectionArgs {
@@ -183,6 +188,7 @@ impl ConnectionArgs {
             self.max_connections_per_client,
             self.trusted_proxies.clone(),
         )
+        .draining_for(Duration::from_millis(self.shutdown_drain_ms))
     }
 }
 

@@ -1,8 +1,8 @@
 """The Swarm stack on Docker-in-Docker nodes under failures: `scripts/e2e-swarm` deploys
 `deploy/swarm/stack.yml` on the nodes `scripts/swarm-nodes` makes, then runs this.
 
-Every scenario is judged by `voting_chaos.runner`, as the local cluster's are. What is failed
-here is what users run: the images' own entrypoints decide every failover and rejoin.
+Every scenario is judged by `voting_chaos.runner`. What is failed here is what users run: the
+images' own entrypoints decide every failover and rejoin.
 
 The nodes are containers of this machine's engine (voting-node1…N). Everything is done through
 this machine's engine (`docker exec voting-nodeN docker …`), never over the nodes' network, so

@@ -173,7 +173,7 @@ _PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 
 
 def render_text(text: str, values: Mapping[str, object], source: str = "<text>") -> str:
-    """`${NAME}` placeholders, nothing else, as envsubst and the local cluster render them; a
+    """`${NAME}` placeholders, nothing else, as voting-init renders them; a
     placeholder without a value is an error, never an empty string."""
     missing = sorted({name for name in _PLACEHOLDER.findall(text) if name not in values})
     if missing:

@@ -5,6 +5,13 @@
 //!
 //! `axum::serve` sets none of these (it installs no timer, so hyper's head timeout is off), so
 //! connections are served here with hyper directly.
+//!
+//! Stopping takes two steps when a drain is set: first the process keeps serving while its
+//! `/healthz` says 503 and every response closes its connection, so a load balancer that
+//! finds backends by polling (Traefik's Swarm provider, its health checks) stops sending new
+//! requests and keeps no idle connection the server is about to close; then it stops
+//! accepting and lets the requests in hand finish. Without the first step a request written
+//! onto a pooled connection just as the server closes it fails with the vote in doubt.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -12,13 +19,14 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use axum::http::{HeaderValue, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -65,6 +73,8 @@ struct Limits {
     trusted_proxies: Cidrs,
     open: AtomicUsize,
     per_client: Mutex<HashMap<ClientKey, usize>>,
+    /// How long to keep serving, unhealthy, after the shutdown signal.
+    drain: Duration,
 }
 
 impl ConnectionLimits {
@@ -77,7 +87,15 @@ impl ConnectionLimits {
             trusted_proxies,
             open: AtomicUsize::new(0),
             per_client: Mutex::default(),
+            drain: Duration::ZERO,
         }))
+    }
+
+    /// These limits, with `drain` of serving unhealthy between the shutdown signal and the
+    /// end of accepting (see the module's documentation). Zero, the default, stops at once.
+    pub fn draining_for(mut self, drain: Duration) -> Self {
+        Arc::get_mut(&mut self.0).expect("the drain is set before the limits are shared").drain = drain;
+        self
     }
 
     pub fn trusted_proxies(&self) -> &Cidrs {
@@ -264,7 +282,36 @@ pub type Divert = Arc<
         + Sync,
 >;
 
-/// Accepts connections until `shutdown`, then lets every open one finish its request (event
+/// Set once a draining process got its shutdown signal: `/healthz` answers 503 and every
+/// response closes its connection. Handlers find it among the request's extensions.
+#[derive(Debug, Clone, Default)]
+pub struct Draining(Arc<AtomicBool>);
+
+impl Draining {
+    pub fn is_draining(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The token that ends accepting: `shutdown` itself without a drain; otherwise one cancelled
+/// `drain` after it, with `draining` set in between.
+fn stop_after_drain(shutdown: &CancellationToken, drain: Duration, draining: &Draining) -> CancellationToken {
+    if drain.is_zero() {
+        return shutdown.clone();
+    }
+    let stop = CancellationToken::new();
+    let (signalled, stop_later, draining) = (shutdown.clone(), stop.clone(), draining.clone());
+    tokio::spawn(async move {
+        signalled.cancelled().await;
+        draining.0.store(true, Ordering::Relaxed);
+        tracing::info!(drain_ms = drain.as_millis() as u64, "draining before the stop: unhealthy, one request per connection");
+        tokio::time::sleep(drain).await;
+        stop_later.cancel();
+    });
+    stop
+}
+
+/// Accepts connections until `shutdown` (and the drain after it), then lets every open one finish its request (event
 /// streams end on `shutdown` by themselves) and returns once all are closed.
 pub(super) async fn serve(
     listener: TcpListener,
@@ -273,6 +320,8 @@ pub(super) async fn serve(
     divert: Option<Divert>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
+    let draining = Draining::default();
+    let shutdown = stop_after_drain(&shutdown, limits.0.drain, &draining);
     let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -295,7 +344,7 @@ pub(super) async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (router, divert, shutdown) = (router.clone(), divert.clone(), shutdown.clone());
+        let (router, divert, shutdown, draining) = (router.clone(), divert.clone(), shutdown.clone(), draining.clone());
         connections.spawn(async move {
             let _admission = admission;
             let mut connection = Connection::new(stream);
@@ -305,7 +354,7 @@ pub(super) async fn serve(
                     None => return,
                 }
             }
-            serve_http(connection, peer, router, shutdown).await;
+            serve_http(connection, peer, router, draining, shutdown).await;
         });
     }
     connections.close();
@@ -315,11 +364,28 @@ pub(super) async fn serve(
 
 /// HTTP/1.1 on one connection (browsers speak HTTP/1.1 to a cleartext port, and so does Traefik
 /// to its backends), until the client leaves or, after `shutdown`, the request in hand ends.
-async fn serve_http(connection: Connection, peer: SocketAddr, router: Router, shutdown: CancellationToken) {
-    let service = router.map_request(move |mut request: axum::http::Request<Incoming>| {
-        request.extensions_mut().insert(ConnectInfo(peer));
-        request
-    });
+async fn serve_http(
+    connection: Connection,
+    peer: SocketAddr,
+    router: Router,
+    draining: Draining,
+    shutdown: CancellationToken,
+) {
+    let closing = draining.clone();
+    let service = router
+        .map_request(move |mut request: axum::http::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            request.extensions_mut().insert(draining.clone());
+            request
+        })
+        .map_response(move |mut response: axum::response::Response| {
+            if closing.is_draining() {
+                // hyper closes the connection after this response; the client knows not to
+                // reuse it.
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
+        });
     let http = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)

@@ -24,7 +24,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-use self::connection::{ConnectionLimits, Divert};
+use self::connection::{ConnectionLimits, Divert, Draining};
 
 /// Largest request body accepted; a vote is a few bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -169,14 +169,23 @@ fn drop_unsafe_request_id(mut request: Request) -> Request {
     request
 }
 
-/// `/healthz` (the process is alive) and `/readyz` (its dependencies answer), the latter
-/// backed by `ready`, which names the first dependency that does not.
+/// `/healthz` (the process is alive and not draining for a stop) and `/readyz` (its
+/// dependencies answer), the latter backed by `ready`, which names the first dependency that
+/// does not.
 pub fn health_routes<F, Fut>(ready: F) -> Router
 where
     F: Fn() -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<(), String>> + Send,
 {
-    Router::new().route("/healthz", get(|| async { "ok\n" })).route(
+    let alive = |draining: Option<axum::Extension<Draining>>| async move {
+        match draining {
+            Some(axum::Extension(draining)) if draining.is_draining() => {
+                (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], "draining\n").into_response()
+            }
+            _ => "ok\n".into_response(),
+        }
+    };
+    Router::new().route("/healthz", get(alive)).route(
         "/readyz",
         get(move || {
             let ready = ready.clone();

@@ -242,3 +242,40 @@ async fn an_event_stream_client_that_stops_reading_is_dropped_at_the_write_deadl
     drop(stalled);
     system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_server_fails_its_health_check_and_closes_each_connection_before_it_stops() {
+    use axum::Router;
+    use axum::routing::get;
+    use tokio_util::sync::CancellationToken;
+    use voting::http::{Server, health_routes};
+
+    let drain = Duration::from_secs(2);
+    let router = Router::new().route("/", get(|| async { "served" })).merge(health_routes(|| async { Ok(()) }));
+    let server = Server::bind(crate::ANY_PORT, router, ConnectionLimits::default().draining_for(drain)).await.unwrap();
+    let url = format!("http://{}", server.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let serving = tokio::spawn(server.run(shutdown.clone()));
+    let http = reqwest::Client::new();
+    let healthy = http.get(format!("{url}/healthz")).send().await.unwrap();
+    assert_eq!(healthy.status(), 200);
+    assert!(healthy.headers().get("connection").is_none(), "kept alive while serving");
+
+    shutdown.cancel();
+    let signalled = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(1), async || {
+            http.get(format!("{url}/healthz")).send().await.is_ok_and(|r| r.status() == 503)
+        })
+        .await,
+        "/healthz says 503 once the drain begins"
+    );
+    let served = http.get(format!("{url}/")).send().await.expect("still served while draining");
+    assert_eq!(served.status(), 200);
+    assert_eq!(served.headers().get("connection").map(|v| v.to_str().unwrap()), Some("close"));
+    assert_eq!(served.text().await.unwrap(), "served");
+
+    tokio::time::timeout(drain + SLACK, serving).await.expect("stops after the drain").unwrap().unwrap();
+    assert!(signalled.elapsed() >= drain, "stopped {:?} after the signal, before the drain ended", signalled.elapsed());
+    assert!(TcpStream::connect(url.trim_start_matches("http://")).await.is_err(), "no longer accepting");
+}
