@@ -139,6 +139,16 @@ class RedisRole(Tool):
         result = self.start("redis-1", FAKE_SENTINEL_1="redis-2", FAKE_SENTINEL_2="redis-2", FAKE_SENTINEL_3="redis-1")
         self.assertIn("--replicaof redis-2 6379", result.stdout, result.stderr)
 
+    def test_a_node_never_follows_a_named_master_that_answers_as_a_replica(self):
+        # A node that was frozen or cut off comes back while the Sentinels still name a node
+        # that has turned replica (of this one, say): following it could close a loop with
+        # no master. It waits for the Sentinels' failover instead.
+        result = self.start("redis-1", FAKE_SENTINEL_1="redis-3", FAKE_SENTINEL_2="redis-3",
+                            FAKE_ROLE_REDIS_3="slave", FAKE_ROLE_REDIS_2="slave")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertNotIn("redis-server", result.stdout)
+        self.assertIn("answers as a replica", result.stderr)
+
     def test_a_dead_master_never_restarts_as_master_while_a_replica_can_take_over(self):
         result = self.start("redis-1", FAKE_SENTINEL_1="redis-1", FAKE_SENTINEL_2="redis-1",
                             FAKE_SLAVES_SENTINEL_1="2", FAKE_ROLE_REDIS_2="slave")

@@ -22,9 +22,13 @@ A primary that was not killed but frozen (a paused container or node, a stalled 
 off wakes up still a primary after the others promoted a standby: repmgr does not fence it. Its
 commits wait for a synchronous standby that no longer follows it, so it acknowledges nothing,
 but it must not stay a primary. While running, this process asks the other nodes every
-few seconds; when a majority of the nodes (another primary, and standbys following it) name
-another primary, this one has been superseded (`superseded_by`): it stops PostgreSQL at once
-and exits, and the restarted container decides again, which makes it rejoin as a standby.
+few seconds; when another primary runs on a newer timeline than this one, a standby was
+promoted after this node last became primary, and this one has been superseded
+(`superseded_by`): it stops PostgreSQL at once and exits, and the restarted container decides
+again, which makes it rejoin as a standby. The timeline, not repmgr's metadata, decides: the
+metadata is replicated, so a standby that has not yet followed the promoted node still names
+the old primary (a node cut off and healed: the old primary and a standby that had not
+followed yet outvoted the promoted node, which stepped down for the stale primary).
 Two primaries visible at once at start-up are left to an operator: the node waits.
 
 The decision (`decide`) is a pure function of those facts and is unit-tested
@@ -88,6 +92,9 @@ class Peer(NamedTuple):
     state: str
     # The primary named by the node's repmgr metadata (repmgr.nodes), when it could be read.
     recorded_primary: Optional[str] = None
+    # The timeline it writes (a primary) or last checkpointed (a standby); each promotion
+    # starts a newer one.
+    timeline: Optional[int] = None
 
 
 class Local(NamedTuple):
@@ -154,17 +161,15 @@ def decide(local: Local, peers: Sequence[Peer], waited: float, grace: float) -> 
                                    "nobody was promoted in its absence")
 
 
-def superseded_by(local_name: str, peers: Sequence[Peer]) -> Optional[str]:
-    """The primary that a majority of the nodes follow instead of `local_name`, a running
-    primary, or None: a former primary that resumed after a failover steps down for it."""
-    needed = majority(len(peers) + 1)
-    for peer in peers:
-        if peer.state != PRIMARY or peer.recorded_primary != peer.name or peer.name == local_name:
-            continue
-        following = sum(1 for other in peers if other.state == STANDBY and other.recorded_primary == peer.name)
-        if 1 + following >= needed:
-            return peer.name
-    return None
+def superseded_by(local_timeline: Optional[int], peers: Sequence[Peer]) -> Optional[str]:
+    """The primary promoted after this one (on a newer timeline than `local_timeline`, this
+    running primary's), newest first, or None: a former primary that resumed after a failover
+    steps down for it. An unknown timeline, here or there, supersedes nothing."""
+    if local_timeline is None:
+        return None
+    newer = [peer for peer in peers
+             if peer.state == PRIMARY and peer.timeline is not None and peer.timeline > local_timeline]
+    return max(newer, key=lambda peer: peer.timeline).name if newer else None
 
 
 # -- pure helpers -------------------------------------------------------------------------
@@ -181,16 +186,22 @@ def render_text(text: str, values: Mapping[str, object], source: str = "<text>")
     return _PLACEHOLDER.sub(lambda match: str(values[match.group(1)]), text)
 
 
-def parse_probe(output: str) -> tuple[str, Optional[str]]:
-    """psql -At output of PROBE_QUERY: (state, recorded primary)."""
+def parse_probe(output: str) -> tuple[str, Optional[str], Optional[int]]:
+    """psql -At output of PROBE_QUERY: (state, recorded primary, timeline)."""
     fields = output.strip().split("|")
-    if len(fields) != 2 or fields[0] not in ("t", "f"):
-        return UNKNOWN, None
-    return (STANDBY if fields[0] == "t" else PRIMARY), (fields[1] or None)
+    if len(fields) != 3 or fields[0] not in ("t", "f"):
+        return UNKNOWN, None, None
+    timeline = int(fields[2]) if fields[2].isdigit() else None
+    return (STANDBY if fields[0] == "t" else PRIMARY), (fields[1] or None), timeline
 
 
+# A primary's timeline is that of the WAL it writes now (its checkpoint's may still be the one
+# before a promotion); a standby's, that of its last restartpoint.
+TIMELINE_QUERY = ("SELECT CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint()) "
+                  "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END")
 PROBE_QUERY = ("SELECT pg_is_in_recovery(), "
-               "(SELECT node_name FROM repmgr.nodes WHERE type = 'primary' AND active ORDER BY node_id LIMIT 1)")
+               "(SELECT node_name FROM repmgr.nodes WHERE type = 'primary' AND active ORDER BY node_id LIMIT 1), "
+               f"({TIMELINE_QUERY})")
 
 
 def cluster_state(controldata: str) -> str:
@@ -421,8 +432,7 @@ class Node:
                            check=False, quiet=True, timeout=10)
         if answer.returncode != 0:
             return Peer(host, UNKNOWN)
-        state, recorded = parse_probe(answer.stdout)
-        return Peer(host, state, recorded)
+        return Peer(host, *parse_probe(answer.stdout))
 
     def _conninfo(self, host: str) -> str:
         return f"host={host} port={PORT} user=repmgr dbname=repmgr connect_timeout=2"
@@ -534,6 +544,10 @@ class Node:
     def running_as_primary(self) -> bool:
         return self.local_query("SELECT pg_is_in_recovery()") == "f"
 
+    def timeline(self) -> Optional[int]:
+        answer = self.local_query(TIMELINE_QUERY)
+        return int(answer) if answer and answer.isdigit() else None
+
     def postgres_running(self) -> bool:
         return self._run([f"{PG_BIN}/pg_ctl", "status", "-D", self.settings.data_dir],
                          check=False, quiet=True).returncode == 0
@@ -630,9 +644,10 @@ def supervise(node: Node, stopping: list[bool]) -> int:
             if now - last_superseded_check >= SUPERSEDED_CHECK_INTERVAL:
                 last_superseded_check = now
                 if node.running_as_primary():
-                    successor = superseded_by(node.settings.name, [node.probe(host) for host in node.settings.peers])
+                    timeline = node.timeline()
+                    successor = superseded_by(timeline, [node.probe(host) for host in node.settings.peers])
                     if successor:
-                        log(f"superseded: {successor} is primary and a majority of the nodes follow it; "
+                        log(f"superseded: {successor} is primary on a newer timeline than this one's ({timeline}); "
                             "stopping this primary so that it rejoins as a standby")
                         return 1
             if repmgrd_exited is None and repmgrd.poll() is not None:

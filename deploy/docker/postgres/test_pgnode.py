@@ -132,28 +132,40 @@ class NoDecisionMakesASecondPrimary(unittest.TestCase):
 
 
 class AResumedPrimary(unittest.TestCase):
-    """superseded_by: a running primary steps down only for a primary a majority follows."""
+    """superseded_by: a running primary steps down only for a primary promoted after it."""
 
-    def test_steps_down_for_a_promoted_standby_the_other_standby_follows(self):
-        peers = [Peer("pg-2", PRIMARY, "pg-2"), Peer("pg-3", STANDBY, "pg-2")]
-        self.assertEqual(pgnode.superseded_by("pg-1", peers), "pg-2")
+    def test_steps_down_for_a_primary_on_a_newer_timeline(self):
+        peers = [Peer("pg-2", PRIMARY, "pg-2", 3), Peer("pg-3", STANDBY, "pg-2", 3)]
+        self.assertEqual(pgnode.superseded_by(2, peers), "pg-2")
 
-    def test_stays_while_only_the_other_primary_itself_says_so(self):
-        # One node of three is no majority. This one acknowledges nothing meanwhile (no
-        # synchronous standby follows it); it steps down once the third node is back.
-        peers = [Peer("pg-2", PRIMARY, "pg-2"), down("pg-3")]
-        self.assertIsNone(pgnode.superseded_by("pg-1", peers))
+    def test_the_promoted_node_stays_when_a_standby_still_names_the_old_primary(self):
+        # A node cut off and healed: the old primary is back on its old timeline, and the
+        # standby that had not yet followed the promotion still carries the old metadata.
+        peers = [Peer("pg-1", PRIMARY, "pg-1", 2), Peer("pg-3", STANDBY, "pg-1", 2)]
+        self.assertIsNone(pgnode.superseded_by(3, peers))
 
-    def test_stays_while_the_standbys_still_follow_it(self):
-        peers = [Peer("pg-2", STANDBY, "pg-1"), Peer("pg-3", STANDBY, "pg-1")]
-        self.assertIsNone(pgnode.superseded_by("pg-1", peers))
+    def test_the_old_primary_steps_down_in_that_case(self):
+        peers = [Peer("pg-2", PRIMARY, "pg-2", 3), Peer("pg-3", STANDBY, "pg-1", 2)]
+        self.assertEqual(pgnode.superseded_by(2, peers), "pg-2")
+
+    def test_steps_down_for_the_newest_of_several(self):
+        peers = [Peer("pg-2", PRIMARY, "pg-2", 3), Peer("pg-3", PRIMARY, "pg-3", 4)]
+        self.assertEqual(pgnode.superseded_by(2, peers), "pg-3")
+
+    def test_stays_while_the_standbys_follow_it(self):
+        peers = [Peer("pg-2", STANDBY, "pg-1", 2), Peer("pg-3", STANDBY, "pg-1", 2)]
+        self.assertIsNone(pgnode.superseded_by(2, peers))
+
+    def test_stays_for_a_primary_on_the_same_or_an_older_timeline(self):
+        self.assertIsNone(pgnode.superseded_by(2, [Peer("pg-2", PRIMARY, "pg-2", 2), down("pg-3")]))
+        self.assertIsNone(pgnode.superseded_by(2, [Peer("pg-2", PRIMARY, "pg-2", 1), down("pg-3")]))
 
     def test_stays_when_cut_off_from_everyone(self):
-        self.assertIsNone(pgnode.superseded_by("pg-1", [down("pg-2"), down("pg-3")]))
+        self.assertIsNone(pgnode.superseded_by(2, [down("pg-2"), down("pg-3")]))
 
-    def test_a_primary_that_does_not_name_itself_is_not_followed(self):
-        peers = [Peer("pg-2", PRIMARY, "pg-1"), Peer("pg-3", STANDBY, "pg-2")]
-        self.assertIsNone(pgnode.superseded_by("pg-1", peers))
+    def test_an_unknown_timeline_supersedes_nothing(self):
+        self.assertIsNone(pgnode.superseded_by(None, [Peer("pg-2", PRIMARY, "pg-2", 3), down("pg-3")]))
+        self.assertIsNone(pgnode.superseded_by(2, [Peer("pg-2", PRIMARY, "pg-2", None), down("pg-3")]))
 
 
 class ARejoinThatFails(unittest.TestCase):
@@ -232,10 +244,10 @@ class Helpers(unittest.TestCase):
         self.assertEqual(pgnode.render_text("$a $B ${c}", {}), "$a $B ${c}")
 
     def test_probe_output(self):
-        self.assertEqual(pgnode.parse_probe("f|pg-1\n"), (PRIMARY, "pg-1"))
-        self.assertEqual(pgnode.parse_probe("t|pg-2\n"), (STANDBY, "pg-2"))
-        self.assertEqual(pgnode.parse_probe("t|\n"), (STANDBY, None))
-        self.assertEqual(pgnode.parse_probe(""), (UNKNOWN, None))
+        self.assertEqual(pgnode.parse_probe("f|pg-1|3\n"), (PRIMARY, "pg-1", 3))
+        self.assertEqual(pgnode.parse_probe("t|pg-2|2\n"), (STANDBY, "pg-2", 2))
+        self.assertEqual(pgnode.parse_probe("t||\n"), (STANDBY, None, None))
+        self.assertEqual(pgnode.parse_probe(""), (UNKNOWN, None, None))
 
     def test_cluster_state_of_pg_controldata(self):
         text = "pg_control version number:            1300\nDatabase cluster state:               in production\n"
