@@ -304,7 +304,10 @@ fn stop_after_drain(shutdown: &CancellationToken, drain: Duration, draining: &Dr
     tokio::spawn(async move {
         signalled.cancelled().await;
         draining.0.store(true, Ordering::Relaxed);
-        tracing::info!(drain_ms = drain.as_millis() as u64, "draining before the stop: unhealthy, one request per connection");
+        tracing::info!(
+            drain_ms = drain.as_millis() as u64,
+            "draining before the stop: unhealthy, one request per connection"
+        );
         tokio::time::sleep(drain).await;
         stop_later.cancel();
     });
@@ -344,7 +347,8 @@ pub(super) async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (router, divert, shutdown, draining) = (router.clone(), divert.clone(), shutdown.clone(), draining.clone());
+        let (router, divert, shutdown, draining) =
+            (router.clone(), divert.clone(), shutdown.clone(), draining.clone());
         connections.spawn(async move {
             let _admission = admission;
             let mut connection = Connection::new(stream);

@@ -251,8 +251,10 @@ async fn a_draining_server_fails_its_health_check_and_closes_each_connection_bef
     use voting::http::{Server, health_routes};
 
     let drain = Duration::from_secs(2);
-    let router = Router::new().route("/", get(|| async { "served" })).merge(health_routes(|| async { Ok(()) }));
-    let server = Server::bind(crate::ANY_PORT, router, ConnectionLimits::default().draining_for(drain)).await.unwrap();
+    let router =
+        Router::new().route("/", get(|| async { "served" })).merge(health_routes(|| async { Ok(()) }));
+    let server =
+        Server::bind(crate::ANY_PORT, router, ConnectionLimits::default().draining_for(drain)).await.unwrap();
     let url = format!("http://{}", server.local_addr().unwrap());
     let shutdown = CancellationToken::new();
     let serving = tokio::spawn(server.run(shutdown.clone()));
@@ -276,6 +278,10 @@ async fn a_draining_server_fails_its_health_check_and_closes_each_connection_bef
     assert_eq!(served.text().await.unwrap(), "served");
 
     tokio::time::timeout(drain + SLACK, serving).await.expect("stops after the drain").unwrap().unwrap();
-    assert!(signalled.elapsed() >= drain, "stopped {:?} after the signal, before the drain ended", signalled.elapsed());
+    assert!(
+        signalled.elapsed() >= drain,
+        "stopped {:?} after the signal, before the drain ended",
+        signalled.elapsed()
+    );
     assert!(TcpStream::connect(url.trim_start_matches("http://")).await.is_err(), "no longer accepting");
 }
