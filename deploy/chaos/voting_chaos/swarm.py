@@ -688,18 +688,24 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100, help="votes per second (default 100)")
     parser.add_argument("--duration", type=float, default=30, help="seconds of load per scenario (default 30)")
     parser.add_argument("--fault-at", type=float, default=10, help="seconds into the load (default 10)")
-    parser.add_argument("--edge", required=True, help="the edge node's address (Traefik's ports)")
-    parser.add_argument("--hosts", required=True, help="the vote and result host names, comma-separated")
+    parser.add_argument("--edge", help="the edge node's address (Traefik's ports)")
+    parser.add_argument("--hosts", help="the vote and result host names, comma-separated")
     parser.add_argument("--only", help="comma-separated scenario names")
     parser.add_argument("--doc", action="store_true", help="rewrite the Swarm table in docs/chaos.md")
+    parser.add_argument("--wait-converged", type=float, metavar="SECONDS",
+                        help="only wait until every service runs all its tasks, healthy, then exit")
     parser.add_argument("load", nargs=argparse.REMAINDER,
                         help="after --: `voting load` and its arguments up to the rate and duration")
     args = parser.parse_args()
-    load = [part for part in args.load if part != "--"]
-    if not load:
-        parser.error("give the load command after --")
-    chosen = choose(SCENARIOS, args.only)
     swarm = Swarm(args.stack, args.nodes)
+    if args.wait_converged is not None:
+        # The deploy's own wait (scripts/e2e-swarm): the same check as before every scenario.
+        wait_until(swarm.services_converged, args.wait_converged, "every service running and healthy", interval=1)
+        return
+    load = [part for part in args.load if part != "--"]
+    if not load or not args.edge or not args.hosts:
+        parser.error("give --edge, --hosts and the load command after --")
+    chosen = choose(SCENARIOS, args.only)
     target = Run(swarm, Samplers(swarm), args.edge, tuple(args.hosts.split(",")))
 
     def load_command(duration: float) -> list[str]:
