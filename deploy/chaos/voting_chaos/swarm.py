@@ -40,8 +40,11 @@ DOC = REPO / "docs" / "chaos.md"
 NODE_PREFIX = "voting-node"
 REDIS = ("redis-1", "redis-2", "redis-3")
 POSTGRES = ("pg-1", "pg-2", "pg-3")
-# How long a node stays dead, cut off or frozen: longer than every failover it causes.
+# How long a node stays dead or frozen: longer than every failover it causes.
 NODE_DOWN_S = 25.0
+# How long a node stays cut off (the 30 s): what it still runs must neither take nor
+# lose votes meanwhile.
+NODE_CUT_OFF_S = 30.0
 CONTAINER_FROZEN_S = 20.0
 TASKS_MAX_AGE_S = 2.0
 SAMPLER_LIFETIME_S = 120
@@ -451,7 +454,7 @@ def freeze_postgres_primary(run: Run, state: dict) -> Fault:
 
 
 def _node_fault(run: Run, pick: Callable[[Swarm], str], what: str, fail: Callable[[str], None],
-                restore: Callable[[str], None], verb: str) -> Fault:
+                restore: Callable[[str], None], verb: str, down_s: float = NODE_DOWN_S) -> Fault:
     swarm = run.swarm
     node = pick(swarm)
     held = swarm.services_on(node)
@@ -459,7 +462,7 @@ def _node_fault(run: Run, pick: Callable[[Swarm], str], what: str, fail: Callabl
     fail(node)
     began = time.monotonic()
     # Let Swarm, Sentinel and repmgr do their work without the node, then bring it back.
-    time.sleep(NODE_DOWN_S)
+    time.sleep(down_s)
     restore(node)
     restored = time.monotonic()
     notes = [f"{verb} {node} ({what}: {', '.join(held)}) for {restored - began:.0f} s"]
@@ -487,7 +490,8 @@ def node_killer(pick: Callable[[Swarm], str], what: str) -> Callable[[Run, dict]
 def cut_off_node(pick: Callable[[Swarm], str], what: str) -> Callable[[Run, dict], Fault]:
     def inject(run: Run, state: dict) -> Fault:
         return _node_fault(run, pick, what, fail=run.swarm.cut_off, restore=run.swarm.heal,
-                           verb="cut off from the other nodes (iptables, both ways), then healed")
+                           verb="cut off from the other nodes (iptables, both ways), then healed",
+                           down_s=NODE_CUT_OFF_S)
     return inject
 
 
@@ -645,7 +649,7 @@ SCENARIOS: list[Scenario[Run]] = [
              duration_s=60),
     Scenario("failed-update-rolled-back", "an update whose health check fails", failed_update_rolled_back,
              NO_OUTAGE, duration_s=60),
-    Scenario("redis-master-node-cut-off", "cut the Redis master's node off the others for 25 s",
+    Scenario("redis-master-node-cut-off", "cut the Redis master's node off the others for 30 s",
              cut_off_node(_redis_master_node, "the Redis master's node"), None, duration_s=60,
              prepare=redis_master_off_the_raft_leader, limited_by=NODE_LIMITS),
     Scenario("redis-master-node-killed", "kill the Redis master's node, start it again 25 s later",
