@@ -16,8 +16,9 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parent / "voting-init"
 DEPLOY = Path(__file__).resolve().parents[2]
 
-# A redis-cli that answers from the environment: FAKE_<host> is the Sentinel's answer to
-# get-master-addr-by-name, FAKE_ROLE_<host> a node's role; no variable, no answer.
+# A redis-cli that answers from the environment: FAKE_<host> is the master a Sentinel names in
+# SENTINEL master (FAKE_EPOCH_<host> its config-epoch, FAKE_SLAVES_<host> the replicas it
+# knows), FAKE_ROLE_<host> a node's role; no variable, no answer.
 FAKE_REDIS_CLI = textwrap.dedent("""\
     #!/bin/sh
     host=""
@@ -27,13 +28,10 @@ FAKE_REDIS_CLI = textwrap.dedent("""\
     key=$(echo "$host" | tr 'a-z-' 'A-Z_')
     [ "$REDISCLI_AUTH" = secret ] || { echo "NOAUTH"; exit 1; }
     if [ "$1" = SENTINEL ] && [ "$2" = master ]; then
-        eval "slaves=\\${FAKE_SLAVES_$key:-}"
-        [ -n "$slaves" ] || exit 1
-        printf 'name\\r\\nvoting\\r\\nnum-slaves\\r\\n%s\\r\\nquorum\\r\\n2\\r\\n' "$slaves"
-    elif [ "$1" = SENTINEL ]; then
-        eval "answer=\\${FAKE_$key:-}"
+        eval "answer=\\${FAKE_$key:-} slaves=\\${FAKE_SLAVES_$key:-0} epoch=\\${FAKE_EPOCH_$key:-0}"
         [ -n "$answer" ] || exit 1
-        printf '%s\\r\\n6379\\r\\n' "$answer"
+        printf 'name\\r\\nvoting\\r\\nip\\r\\n%s\\r\\nport\\r\\n6379\\r\\nnum-slaves\\r\\n%s\\r\\n' "$answer" "$slaves"
+        printf 'config-epoch\\r\\n%s\\r\\nquorum\\r\\n2\\r\\n' "$epoch"
     else
         eval "role=\\${FAKE_ROLE_$key:-}"
         [ -n "$role" ] || exit 1
@@ -190,14 +188,50 @@ class RedisRole(Tool):
         self.assertIn("replica-announce-ip redis-2", conf)
         self.assertIn("requirepass secret", conf)
 
-    def test_a_sentinel_monitors_the_master_the_others_name(self):
+    def test_the_newest_configuration_outranks_a_majority_of_stale_sentinels(self):
+        # Two Sentinels restarted (or were away) and name the old master under an old epoch;
+        # the one that saw the last failover names the new master under a newer epoch.
+        result = self.start("redis-1", FAKE_SENTINEL_1="redis-1", FAKE_SENTINEL_3="redis-1",
+                            FAKE_SENTINEL_2="redis-2", FAKE_EPOCH_SENTINEL_2="3",
+                            FAKE_EPOCH_SENTINEL_1="1", FAKE_EPOCH_SENTINEL_3="1", FAKE_ROLE_REDIS_2="master")
+        self.assertIn("--replicaof redis-2 6379", result.stdout, result.stderr)
+
+    def test_sentinels_of_the_newest_epoch_that_disagree_get_no_guess(self):
+        result = self.start("redis-3", FAKE_SENTINEL_1="redis-1", FAKE_SENTINEL_2="redis-2",
+                            FAKE_EPOCH_SENTINEL_1="4", FAKE_EPOCH_SENTINEL_2="4")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertNotIn("redis-server", result.stdout)
+
+    def sentinel(self, **answers: str) -> tuple[subprocess.CompletedProcess, Path]:
         data = self.dir / "data"
-        data.mkdir()
+        data.mkdir(exist_ok=True)
         result = self.run_init("sentinel", SENTINEL_NODE="sentinel-1", REDIS_DATA_DIR=str(data),
-                               SENTINEL_TEMPLATE=str(DEPLOY / "redis" / "sentinel.conf"),
-                               FAKE_SENTINEL_2="redis-3", FAKE_SENTINEL_3="redis-3", **self.COMMON)
+                               SENTINEL_TEMPLATE=str(DEPLOY / "redis" / "sentinel.conf"), **self.COMMON, **answers)
+        return result, data / "sentinel.conf"
+
+    def test_a_sentinel_monitors_the_master_the_others_name(self):
+        result, conf = self.sentinel(FAKE_SENTINEL_2="redis-3", FAKE_SENTINEL_3="redis-3")
         self.assertIn("--sentinel", result.stdout, result.stderr)
-        self.assertIn("sentinel monitor voting redis-3 6379 2", (data / "sentinel.conf").read_text())
+        self.assertIn("sentinel monitor voting redis-3 6379 2", conf.read_text())
+
+    def test_a_sentinel_adopts_the_one_answering_sentinels_view(self):
+        # The other two restarted with it (their node came back) and do not answer yet.
+        result, conf = self.sentinel(FAKE_SENTINEL_2="redis-2", FAKE_EPOCH_SENTINEL_2="3",
+                                     FAKE_ROLE_REDIS_1="slave", FAKE_ROLE_REDIS_2="master")
+        self.assertIn("--sentinel", result.stdout, result.stderr)
+        self.assertIn("sentinel monitor voting redis-2 6379 2", conf.read_text())
+
+    def test_a_sentinel_never_guesses_the_initial_master_while_nodes_answer(self):
+        # No Sentinel answers and no node answers as the one master: waiting, not redis-1.
+        result, conf = self.sentinel(FAKE_ROLE_REDIS_1="slave", FAKE_ROLE_REDIS_2="slave")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertNotIn("redis-server", result.stdout)
+        self.assertFalse(conf.exists())
+
+    def test_a_sentinel_of_a_fresh_deployment_monitors_the_initial_master(self):
+        result, conf = self.sentinel()
+        self.assertIn("--sentinel", result.stdout, result.stderr)
+        self.assertIn("sentinel monitor voting redis-1 6379 2", conf.read_text())
 
 
 class Traefik(Tool):

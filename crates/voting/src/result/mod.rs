@@ -18,7 +18,7 @@ use axum::routing::get;
 use futures_util::{Stream, StreamExt};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::WatchStream;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use voting_core::Ballot;
 use voting_core::store::VoteStore;
 
@@ -55,6 +55,9 @@ pub struct ResultService {
     server: Server,
     feed: Feed,
     feed_task: JoinHandle<()>,
+    /// Stops the feed once the server has stopped (or this is dropped unrun): a draining
+    /// server still answers with live tallies.
+    feed_stop: DropGuard,
     shutdown: CancellationToken,
 }
 
@@ -68,7 +71,8 @@ impl ResultService {
         shutdown: CancellationToken,
     ) -> std::io::Result<Self> {
         let (feed, follow) = Feed::new(config.ballot.clone(), store, config.refresh);
-        let feed_task = tokio::spawn(follow.run(shutdown.clone()));
+        let feed_stop = CancellationToken::new();
+        let feed_task = tokio::spawn(follow.run(feed_stop.clone()));
         let state = AppState {
             feed: feed.clone(),
             ballot: config.ballot,
@@ -89,7 +93,7 @@ impl ResultService {
             .merge(Router::new().route("/events", get(events)).with_state(state))
             .merge(health_routes(ready));
         let server = Server::bind(addr, router, config.connections).await?;
-        Ok(Self { server, feed, feed_task, shutdown })
+        Ok(Self { server, feed, feed_task, feed_stop: feed_stop.drop_guard(), shutdown })
     }
 
     pub fn port(&self) -> u16 {
@@ -98,6 +102,7 @@ impl ResultService {
 
     pub async fn run(self) -> std::io::Result<()> {
         let served = self.server.run_diverted(stream::divert(self.feed, KEEP_ALIVE), self.shutdown).await;
+        drop(self.feed_stop);
         if let Err(e) = self.feed_task.await {
             tracing::error!(error = %e, "result feed task failed");
         }
