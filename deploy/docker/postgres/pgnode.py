@@ -467,22 +467,24 @@ class Node:
 
     def rejoin(self, primary: str) -> None:
         state = self.data_dir_state()
-        if self.local().was_primary and not shut_down_cleanly(state):
-            # A primary that was killed must replay its own WAL before pg_rewind can read it,
-            # and that recovery ends with a checkpoint written on its old timeline, past the
-            # point where the new primary's timeline forked off. Every such rewind here (3 of 3)
-            # then replayed the old timeline past the fork and waited forever for WAL the new
-            # primary does not have. A fresh copy is what it ends up needing anyway: take it
-            # straight away. Nothing acknowledged is given up: every commit was on a standby
-            # before it was acknowledged (synchronous replication), and what this node holds
-            # beyond the new primary is what a rewind would discard too.
+        if self.local().was_primary:
+            # A former primary's last checkpoint is on its old timeline, past the point where
+            # the new primary's timeline forked off: written by its own crash recovery when it
+            # was killed, or by its shutdown when it stepped down (superseded). Every such
+            # rewind here (3 of 3 killed, 1 of 1 superseded) replayed the old timeline past the
+            # fork and then waited forever for WAL the new primary does not have (its WAL
+            # receiver "waiting" on the old timeline, repmgr reporting the rejoin successful). A
+            # fresh copy is what it ends up needing anyway: take it straight away. Nothing
+            # acknowledged is given up: every commit was on a standby before it was
+            # acknowledged (synchronous replication), and what this node holds beyond the new
+            # primary is what a rewind would discard too.
             log(f"data directory state is {state!r} and this node was primary: cloning {primary} "
                 "instead of rewinding")
             self.clone(primary)
             return
         try:
             self._rewind_onto(primary, state)
-            self._await_streaming(REJOIN_STREAMING_TIMEOUT)
+            self._await_streaming(primary, REJOIN_STREAMING_TIMEOUT)
         except (RuntimeError, subprocess.TimeoutExpired) as error:
             # A rewound node does not always come back: one killed during an earlier rewind or
             # rejoin can hold a backup_label and a minimum recovery point on a timeline the
@@ -497,12 +499,16 @@ class Node:
             log(f"rejoin failed ({error}): cloning {primary} afresh instead")
             self.clone(primary)
 
-    def _await_streaming(self, timeout: float) -> None:
-        """Returns once this standby streams WAL from its primary; raises after `timeout` s."""
+    def _await_streaming(self, primary: str, timeout: float) -> None:
+        """Returns once this standby streams WAL from `primary` on the primary's timeline (a
+        receiver can stream for a moment and then wait forever on an old one); raises after
+        `timeout` s."""
         deadline = time.monotonic() + timeout
         while True:
-            status = self.local_query("SELECT status FROM pg_stat_wal_receiver")
-            if status == "streaming":
+            answer = self.local_query("SELECT status || ' ' || received_tli FROM pg_stat_wal_receiver")
+            status, _, received = (answer or "").partition(" ")
+            wanted = self.probe(primary).timeline
+            if status == "streaming" and (wanted is None or received == str(wanted)):
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"not streaming from the primary {timeout:.0f} s after the rejoin "

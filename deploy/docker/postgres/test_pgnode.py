@@ -191,7 +191,7 @@ class ARejoinThatFails(unittest.TestCase):
         def stop_postgres(self) -> None:
             self.done.append("stop")
 
-        def _await_streaming(self, timeout: float) -> None:
+        def _await_streaming(self, primary: str, timeout: float) -> None:
             self.done.append("await streaming")
 
         def probe(self, host: str) -> Peer:
@@ -210,7 +210,7 @@ class ARejoinThatFails(unittest.TestCase):
             def _rewind_onto(self, primary: str, state: str) -> None:
                 self.done.append(f"rewind {primary}")
 
-            def _await_streaming(self, timeout: float) -> None:
+            def _await_streaming(self, primary: str, timeout: float) -> None:
                 raise RuntimeError("not streaming")
 
         fake = NeverStreams(PRIMARY)
@@ -225,6 +225,17 @@ class ARejoinThatFails(unittest.TestCase):
                 return "in production"
 
         fake = KilledPrimary(PRIMARY)
+        fake.rejoin("pg-2")
+        self.assertEqual(fake.done, ["clone pg-2"])
+
+    def test_a_primary_that_stepped_down_cleanly_is_cloned_too(self):
+        class SupersededPrimary(self.FakeNode):
+            was_primary = True
+
+            def data_dir_state(self) -> str:
+                return "shut down"
+
+        fake = SupersededPrimary(PRIMARY)
         fake.rejoin("pg-2")
         self.assertEqual(fake.done, ["clone pg-2"])
 
