@@ -33,9 +33,10 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY crates/voting/Cargo.toml crates/voting/
 COPY crates/voting-core/Cargo.toml crates/voting-core/
+COPY crates/voting-load/Cargo.toml crates/voting-load/
 COPY crates/testkit/Cargo.toml crates/testkit/
 RUN set -eu; \
-    for crate in voting voting-core testkit; do \
+    for crate in voting voting-core voting-load testkit; do \
         mkdir -p "crates/$crate/src"; \
         echo '' > "crates/$crate/src/lib.rs"; \
     done; \

@@ -9,13 +9,25 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
     /// Human-readable lines.
     #[default]
     Text,
     /// One JSON object per line, for log shippers.
     Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("`{other}`: expected `text` or `json`")),
+        }
+    }
 }
 
 /// Installs the global subscriber. The filter comes from `RUST_LOG`, by default `info`.

@@ -2,24 +2,26 @@
 //! definition, so `--help` lists each with its variable and default. Secrets can also come
 //! from files (`<NAME>_FILE`, as Docker secrets are mounted).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 use voting_core::Ballot;
-use voting_core::queue::redis::RedisQueue;
-use voting_core::queue::{ConsumerSettings, Durability};
 use voting_core::secrets;
 use voting_core::store::postgres::PostgresStore;
 use voting_core::telemetry::LogFormat;
 
 use crate::http::client::Cidrs;
 use crate::http::connection::ConnectionLimits;
+use crate::result::args::ResultArgs;
+use crate::up::UpArgs;
+use crate::vote::args::VoteArgs;
 use crate::vote::cookie::CookieKey;
 use crate::vote::limit::NewVoterPolicy;
 use crate::vote::origin::PublicOrigins;
+use crate::worker::args::WorkerArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,10 +52,33 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Sends votes to a vote service and reports throughput, latency and errors; with
     /// `--verify`, checks that exactly the acknowledged votes get counted.
-    Load(LoadArgs),
+    Load(voting_load::LoadArgs),
     /// Exits 0 when a service's health endpoint answers 2xx, 1 otherwise: a container
     /// `HEALTHCHECK` that needs no curl in the image.
     Healthcheck(HealthcheckArgs),
+}
+
+impl Command {
+    /// Runs the subcommand until it is done or `shutdown`; each one's wiring is its module's.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        match self {
+            Self::Up(args) => args.run(shutdown).await,
+            Self::Vote(args) => args.run(shutdown).await,
+            Self::Worker(args) => args.run(shutdown).await,
+            Self::Result(args) => args.run(shutdown).await,
+            Self::Migrate(args) => args.run().await,
+            Self::Load(args) => args.run().await,
+            Self::Healthcheck(args) => args.run().await,
+        }
+    }
+}
+
+/// Milliseconds, for the settings whose variables have always been `*_MS`.
+pub fn millis(text: &str) -> Result<Duration, String> {
+    text.trim()
+        .parse()
+        .map(Duration::from_millis)
+        .map_err(|_| format!("`{text}` is not a whole number of milliseconds"))
 }
 
 #[derive(Debug, Args)]
@@ -62,7 +87,7 @@ pub struct HealthcheckArgs {
     #[arg(long, env = "HEALTHCHECK_URL", default_value = "http://127.0.0.1:8080/healthz")]
     pub url: String,
     /// How long to wait for the answer.
-    #[arg(long, value_parser = crate::load::parse_duration, default_value = "2s")]
+    #[arg(long, value_parser = voting_core::duration::parse_duration, default_value = "2s")]
     pub timeout: Duration,
 }
 
@@ -174,11 +199,11 @@ pub struct ConnectionArgs {
     /// Most connections one client address (an IPv6 /64) holds open.
     #[arg(long, env = "MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256)]
     pub max_connections_per_client: usize,
-    /// After SIGTERM, how long to keep serving with `/healthz` failing and every response
+    /// After SIGTERM, how long (ms) to keep serving with `/healthz` failing and every response
     /// closing its connection, before accepting stops: longer than the load balancer takes
     /// to drop this backend (Traefik's provider refresh or health check interval).
-    #[arg(long, env = "SHUTDOWN_DRAIN_MS", default_value_t = 0)]
-    pub shutdown_drain_ms: u64,
+    #[arg(long = "shutdown-drain-ms", env = "SHUTDOWN_DRAIN_MS", default_value = "0", value_parser = millis, value_name = "MS")]
+    pub shutdown_drain: Duration,
 }
 
 impl ConnectionArgs {
@@ -188,7 +213,7 @@ impl ConnectionArgs {
             self.max_connections_per_client,
             self.trusted_proxies.clone(),
         )
-        .draining_for(Duration::from_millis(self.shutdown_drain_ms))
+        .draining_for(self.shutdown_drain)
     }
 }
 
@@ -221,96 +246,13 @@ impl AbuseArgs {
     }
 }
 
-#[derive(Debug, Args)]
-pub struct VoteArgs {
-    /// Address to listen on.
-    #[arg(long = "addr", env = "VOTE_ADDR", default_value = "0.0.0.0:8080")]
-    pub addr: SocketAddr,
-    /// `fast`: acknowledge once Redis has the vote; `replicated`: once a replica has it too.
-    #[arg(long, env = "VOTE_DURABILITY", default_value = "fast")]
-    pub durability: Durability,
-    /// How long `replicated` waits for a replica before answering 503.
-    #[arg(long, env = "VOTE_REPLICATION_TIMEOUT_MS", default_value_t = 500)]
-    pub replication_timeout_ms: u64,
-    /// Name shown in page footers; defaults to the host name (the container id under Docker).
-    #[arg(long, env = "INSTANCE_NAME")]
-    pub instance: Option<String>,
-    #[command(flatten)]
-    pub ballot: BallotArgs,
-    #[command(flatten)]
-    pub redis: RedisArgs,
-    #[command(flatten)]
-    pub cookie: CookieArgs,
-    #[command(flatten)]
-    pub abuse: AbuseArgs,
-    #[command(flatten)]
-    pub connections: ConnectionArgs,
-}
-
-impl VoteArgs {
-    pub fn queue(&self) -> anyhow::Result<RedisQueue> {
-        let url = self.redis.url()?;
-        RedisQueue::new(&url, self.durability, Duration::from_millis(self.replication_timeout_ms))
-            .with_context(|| format!("REDIS_URL {}", secrets::redact_url(&url)))
+impl HealthcheckArgs {
+    async fn run(self) -> anyhow::Result<()> {
+        let client = reqwest::Client::builder().timeout(self.timeout).build()?;
+        let response = client.get(&self.url).send().await.with_context(|| format!("asking {}", self.url))?;
+        anyhow::ensure!(response.status().is_success(), "{} answered {}", self.url, response.status());
+        Ok(())
     }
-}
-
-#[derive(Debug, Args)]
-pub struct WorkerArgs {
-    /// Address of the health endpoints.
-    #[arg(long = "addr", env = "WORKER_ADDR", default_value = "0.0.0.0:8082")]
-    pub addr: SocketAddr,
-    /// Most votes per batch (one PostgreSQL transaction each).
-    #[arg(long, env = "WORKER_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub batch_size: u32,
-    /// How long an entry stays pending with a silent worker before another takes it over.
-    #[arg(long, env = "WORKER_CLAIM_IDLE_MS", default_value_t = 30_000)]
-    pub claim_idle_ms: u64,
-    /// How long one read waits for new votes.
-    #[arg(long, env = "WORKER_BLOCK_MS", default_value_t = 1000)]
-    pub block_ms: u64,
-    /// How often acknowledged entries are trimmed off the stream.
-    #[arg(long, env = "WORKER_TRIM_INTERVAL_MS", default_value_t = 5000)]
-    pub trim_interval_ms: u64,
-    /// Name of this worker; defaults to the host name. The consumer name adds the process id.
-    #[arg(long, env = "INSTANCE_NAME")]
-    pub instance: Option<String>,
-    #[command(flatten)]
-    pub redis: RedisArgs,
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-    #[command(flatten)]
-    pub connections: ConnectionArgs,
-}
-
-impl WorkerArgs {
-    pub fn settings(&self, instance: &str) -> ConsumerSettings {
-        ConsumerSettings {
-            name: crate::worker::consumer_name(instance),
-            batch_size: self.batch_size as usize,
-            claim_idle: Duration::from_millis(self.claim_idle_ms),
-            block: Duration::from_millis(self.block_ms),
-        }
-    }
-}
-
-#[derive(Debug, Args)]
-pub struct ResultArgs {
-    /// Address to listen on.
-    #[arg(long = "addr", env = "RESULT_ADDR", default_value = "0.0.0.0:8081")]
-    pub addr: SocketAddr,
-    /// Longest time between two reads of the tallies, whatever notifications say (at most 2000).
-    #[arg(long, env = "RESULT_REFRESH_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=2000))]
-    pub refresh_ms: u64,
-    /// Name shown in page footers; defaults to the host name.
-    #[arg(long, env = "INSTANCE_NAME")]
-    pub instance: Option<String>,
-    #[command(flatten)]
-    pub ballot: BallotArgs,
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-    #[command(flatten)]
-    pub connections: ConnectionArgs,
 }
 
 #[derive(Debug, Args)]
@@ -319,94 +261,10 @@ pub struct MigrateArgs {
     pub database: DatabaseArgs,
 }
 
-#[derive(Debug, Args)]
-pub struct UpArgs {
-    /// Where the embedded queue and store keep their files.
-    #[arg(long, env = "DATA_DIR", default_value = "./voting-data")]
-    pub data_dir: PathBuf,
-    /// Address of the vote page.
-    #[arg(long, env = "VOTE_ADDR", default_value = "127.0.0.1:8080")]
-    pub vote_addr: SocketAddr,
-    /// Address of the result page.
-    #[arg(long, env = "RESULT_ADDR", default_value = "127.0.0.1:8081")]
-    pub result_addr: SocketAddr,
-    #[command(flatten)]
-    pub ballot: BallotArgs,
-    #[command(flatten)]
-    pub cookie: CookieArgs,
-    #[command(flatten)]
-    pub abuse: AbuseArgs,
-    #[command(flatten)]
-    pub connections: ConnectionArgs,
-}
-
-#[derive(Debug, Args)]
-pub struct LoadArgs {
-    /// Base URL of the vote service.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub url: String,
-    /// How many votes to send (default 1000 when --duration is not given either).
-    #[arg(long)]
-    pub votes: Option<u64>,
-    /// How long to send votes, e.g. `30s`, `2m`.
-    #[arg(long, value_parser = crate::load::parse_duration)]
-    pub duration: Option<Duration>,
-    /// Most votes in flight at once.
-    #[arg(long, default_value_t = 50)]
-    pub concurrency: usize,
-    /// Votes per second, open loop (latency measured from when each vote was due); without
-    /// it, closed loop as fast as --concurrency allows.
-    #[arg(long)]
-    pub rate: Option<f64>,
-    /// This many distinct voters, each with their own cookie, voting in turn and changing
-    /// their minds; without it every vote is a new voter.
-    #[arg(long)]
-    pub voters: Option<u64>,
-    /// Options and weights, e.g. `a=2,b=1`.
-    #[arg(long, default_value = "a=1,b=1")]
-    pub mix: String,
-    /// Post the original app's form (`POST /`, `vote=a`) instead of the JSON API.
-    #[arg(long)]
-    pub form: bool,
-    /// Per-vote timeout; a vote that times out is reported as unknown, not lost.
-    #[arg(long, value_parser = crate::load::parse_duration, default_value = "5s")]
-    pub timeout: Duration,
-    /// Result service URL: wait until its counts match what was acknowledged, and exit
-    /// non-zero if they do not.
-    #[arg(long, value_name = "RESULT_URL")]
-    pub verify: Option<String>,
-    /// How long --verify waits for the counts to converge.
-    #[arg(long, value_parser = crate::load::parse_duration, default_value = "60s")]
-    pub verify_timeout: Duration,
-    /// Also trust this CA certificate (PEM) for HTTPS, e.g. a test ACME server's root.
-    #[arg(long = "ca-cert", value_name = "PEM_FILE")]
-    pub ca_certs: Vec<std::path::PathBuf>,
-    /// Send requests for HOST to ADDR instead of resolving it, like curl's --resolve
-    /// (repeatable), e.g. `vote.voting.test:10.89.0.50`.
-    #[arg(long, value_name = "HOST:ADDR", value_parser = crate::load::parse_resolve)]
-    pub resolve: Vec<(String, std::net::IpAddr)>,
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-impl LoadArgs {
-    pub fn plan(&self) -> anyhow::Result<crate::load::LoadPlan> {
-        use std::io::IsTerminal;
-        Ok(crate::load::LoadPlan {
-            url: self.url.clone(),
-            votes: self.votes,
-            duration: self.duration,
-            concurrency: self.concurrency,
-            rate: self.rate,
-            voters: self.voters,
-            mix: crate::load::parse_mix(&self.mix)?,
-            form: self.form,
-            timeout: self.timeout,
-            verify: self.verify.clone(),
-            verify_timeout: self.verify_timeout,
-            connection: crate::load::Connection::new(&self.ca_certs, self.resolve.clone())?,
-            progress_bar: !self.json && std::io::stderr().is_terminal(),
-        })
+impl MigrateArgs {
+    async fn run(self) -> anyhow::Result<()> {
+        self.database.store()?.migrate().await.context("migrating the schema")?;
+        tracing::info!("schema is up to date");
+        Ok(())
     }
 }

@@ -5,123 +5,184 @@
 //! The data directory holds the cookie key and every vote: it is made private (0700, files
 //! 0600) whatever the umask, and existing files are made so at every start.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context;
+use clap::{Args, Parser};
 use tokio_util::sync::CancellationToken;
 use voting_core::Ballot;
-use voting_core::queue::ConsumerSettings;
 use voting_core::queue::embedded::EmbeddedQueue;
 use voting_core::store::embedded::EmbeddedStore;
 
+use crate::cli::{AbuseArgs, BallotArgs, Cli, Command, ConnectionArgs, CookieArgs};
 use crate::http::connection::ConnectionLimits;
-use crate::result::{ResultConfig, ResultService};
+use crate::http::instance_name;
+use crate::result::ResultConfig;
+use crate::result::args::RefreshArgs;
+use crate::system::{System, SystemConfig};
 use crate::vote::VoteConfig;
 use crate::vote::cookie::CookieKey;
-use crate::vote::limit::NewVoterPolicy;
-use crate::vote::origin::PublicOrigins;
-use crate::worker::{Worker, WorkerConfig, consumer_name};
+use crate::worker::args::BatchArgs;
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Where the embedded queue and store keep their files.
+    #[arg(long, env = "DATA_DIR", default_value = "./voting-data")]
+    pub data_dir: PathBuf,
+    /// Address of the vote page.
+    #[arg(long, env = "VOTE_ADDR", default_value = "127.0.0.1:8080")]
+    pub vote_addr: SocketAddr,
+    /// Address of the result page.
+    #[arg(long, env = "RESULT_ADDR", default_value = "127.0.0.1:8081")]
+    pub result_addr: SocketAddr,
+    #[command(flatten)]
+    pub ballot: BallotArgs,
+    #[command(flatten)]
+    pub cookie: CookieArgs,
+    #[command(flatten)]
+    pub abuse: AbuseArgs,
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
+    #[command(flatten)]
+    pub batches: BatchArgs,
+    #[command(flatten)]
+    pub refresh: RefreshArgs,
+}
+
+impl UpArgs {
+    pub fn config(self) -> anyhow::Result<UpConfig> {
+        let instance = instance_name(None);
+        // One set of connection caps for both listeners: they share the process's descriptors.
+        let connections = self.connections.limits();
+        let ballot = self.ballot.ballot()?;
+        Ok(UpConfig {
+            data_dir: self.data_dir,
+            cookie_key: self.cookie.key()?,
+            system: SystemConfig {
+                vote: VoteConfig {
+                    addr: self.vote_addr,
+                    ballot: ballot.clone(),
+                    // Replaced by the data directory's key when none is given.
+                    cookie_key: CookieKey::random(),
+                    instance: instance.clone(),
+                    new_voters: self.abuse.new_voters(),
+                    public_origins: self.abuse.public_origins,
+                    connections: connections.clone(),
+                },
+                result: ResultConfig {
+                    addr: self.result_addr,
+                    ballot,
+                    refresh: self.refresh.refresh,
+                    instance: instance.clone(),
+                    connections,
+                },
+                worker: self.batches.config(instance),
+                workers: 1,
+            },
+        })
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let config = self.config()?;
+        let data_dir = config.data_dir.clone();
+        let up = Up::build(config).await?;
+        println!("vote:   http://{}/", browsable(up.vote_addr()));
+        println!("result: http://{}/", browsable(up.result_addr()));
+        println!("data:   {}", data_dir.display());
+        up.run(shutdown).await
+    }
+}
+
+/// `0.0.0.0` is where we listen, not where a browser should go.
+fn browsable(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() { format!("localhost:{}", addr.port()) } else { addr.to_string() }
+}
 
 #[derive(Debug, Clone)]
 pub struct UpConfig {
     pub data_dir: PathBuf,
-    pub vote_addr: SocketAddr,
-    pub result_addr: SocketAddr,
-    pub ballot: Ballot,
     /// If not given, a key kept in the data directory, so voters stay voters across restarts.
     pub cookie_key: Option<CookieKey>,
-    pub instance: String,
-    pub new_voters: NewVoterPolicy,
-    pub public_origins: PublicOrigins,
-    /// One set of connection caps for both listeners: they share the process's descriptors.
-    pub connections: ConnectionLimits,
+    pub system: SystemConfig,
 }
 
-/// The bound all-in-one system.
+impl UpConfig {
+    /// What `voting up ARGS` runs with: these arguments, the environment, and otherwise the
+    /// command line's defaults, which are defined there and nowhere else.
+    pub fn parse_from<T: Into<OsString> + Clone>(args: impl IntoIterator<Item = T>) -> anyhow::Result<Self> {
+        let command_line =
+            ["voting", "up"].map(OsString::from).into_iter().chain(args.into_iter().map(Into::into));
+        match Cli::try_parse_from(command_line)?.command {
+            Command::Up(args) => args.config(),
+            _ => unreachable!("parsed as `voting up`"),
+        }
+    }
+
+    /// `voting up` on loopback ports the system picks, its data in `data_dir`, with this ballot
+    /// (`id=Label,...`) and the command line's defaults otherwise: what tests and embedders run.
+    pub fn on_any_loopback_port(data_dir: &Path, ballot: &str) -> anyhow::Result<Self> {
+        let data_dir = data_dir.as_os_str();
+        Self::parse_from([
+            "--data-dir".as_ref(),
+            data_dir,
+            "--vote-addr".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--result-addr".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--options".as_ref(),
+            OsStr::new(ballot),
+        ])
+    }
+
+    /// Both services' connection caps: one set, as they share the process's descriptors.
+    pub fn set_connections(&mut self, limits: ConnectionLimits) {
+        self.system.vote.connections = limits.clone();
+        self.system.result.connections = limits;
+    }
+
+    /// The ballot both services show.
+    pub fn set_ballot(&mut self, ballot: Ballot) {
+        self.system.vote.ballot = ballot.clone();
+        self.system.result.ballot = ballot;
+    }
+}
+
+/// The bound all-in-one system, on embedded storage in its data directory.
 #[derive(Debug)]
 pub struct Up {
-    vote: crate::http::Server,
-    result: ResultService,
-    worker: Worker<EmbeddedQueue, EmbeddedStore>,
-    shutdown: CancellationToken,
+    system: System<EmbeddedQueue, EmbeddedQueue, EmbeddedStore>,
 }
 
 impl Up {
-    pub async fn build(config: UpConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        private_data_dir(&config.data_dir)
-            .with_context(|| format!("preparing the data directory {}", config.data_dir.display()))?;
-        let queue = EmbeddedQueue::open(&private_database(&config.data_dir, "queue.sqlite")?).await?;
-        let store = EmbeddedStore::open(&private_database(&config.data_dir, "store.sqlite")?).await?;
-        let cookie_key = match config.cookie_key {
+    pub async fn build(mut config: UpConfig) -> anyhow::Result<Self> {
+        let data_dir = &config.data_dir;
+        private_data_dir(data_dir)
+            .with_context(|| format!("preparing the data directory {}", data_dir.display()))?;
+        let queue = EmbeddedQueue::open(&private_database(data_dir, "queue.sqlite")?).await?;
+        let store = EmbeddedStore::open(&private_database(data_dir, "store.sqlite")?).await?;
+        config.system.vote.cookie_key = match config.cookie_key {
             Some(key) => key,
-            None => stored_cookie_key(&config.data_dir)?,
+            None => stored_cookie_key(data_dir)?,
         };
-        let vote = crate::vote::build(
-            config.vote_addr,
-            VoteConfig {
-                ballot: config.ballot.clone(),
-                cookie_key,
-                instance: config.instance.clone(),
-                new_voters: config.new_voters,
-                public_origins: config.public_origins,
-                connections: config.connections.clone(),
-            },
-            queue.clone(),
-        )
-        .await
-        .with_context(|| format!("binding the vote service to {}", config.vote_addr))?;
-        let result = ResultService::build(
-            config.result_addr,
-            ResultConfig {
-                ballot: config.ballot,
-                refresh: Duration::from_secs(1),
-                instance: config.instance.clone(),
-                connections: config.connections,
-            },
-            store.clone(),
-            shutdown.clone(),
-        )
-        .await
-        .with_context(|| format!("binding the result service to {}", config.result_addr))?;
-        let worker = Worker::new(
-            WorkerConfig {
-                consumer: ConsumerSettings {
-                    name: consumer_name(&config.instance),
-                    batch_size: 1000,
-                    claim_idle: Duration::from_secs(30),
-                    block: Duration::from_secs(1),
-                },
-                trim_every: Duration::from_secs(60),
-            },
-            queue,
-            store,
-        );
-        Ok(Self { vote, result, worker, shutdown })
+        let system = System::build(config.system, queue.clone(), queue, store).await?;
+        Ok(Self { system })
     }
 
-    pub fn vote_addr(&self) -> std::io::Result<SocketAddr> {
-        self.vote.local_addr()
+    pub fn vote_addr(&self) -> SocketAddr {
+        self.system.vote_addr()
     }
 
-    pub fn result_port(&self) -> u16 {
-        self.result.port()
+    pub fn result_addr(&self) -> SocketAddr {
+        self.system.result_addr()
     }
 
-    pub async fn run(self) -> anyhow::Result<()> {
-        let (vote, result, worker) = tokio::join!(
-            self.vote.run(self.shutdown.clone()),
-            self.result.run(),
-            self.worker.run(self.shutdown.clone()),
-        );
-        let () = worker;
-        vote.context("vote service")?;
-        result.context("result service")?;
-        Ok(())
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.system.run(shutdown).await
     }
 }
 

@@ -22,7 +22,7 @@ use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 use voting_testkit::{Process, free_port};
 
-use crate::helpers::{ANY_PORT, SETTLE, TestSystem, UpProcess, eventually};
+use crate::helpers::{SETTLE, TestSystem, UpProcess, eventually};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -107,25 +107,11 @@ async fn each_page_with_its_assets_is_under_50_kb_compressed_and_hardened() {
     let _turn = ONE_AT_A_TIME.lock().await; // it binds ports too: see `free_port`
     let data = tempfile::tempdir().unwrap();
     let shutdown = CancellationToken::new();
-    let up = voting::up::Up::build(
-        voting::up::UpConfig {
-            data_dir: data.path().to_owned(),
-            vote_addr: ANY_PORT,
-            result_addr: ANY_PORT,
-            ballot: voting_core::Ballot::parse("a=Cats,b=Dogs,c=Birds").unwrap(),
-            cookie_key: None,
-            instance: "weight".into(),
-            new_voters: Default::default(),
-            public_origins: Default::default(),
-            connections: Default::default(),
-        },
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
-    let vote_url = format!("http://{}", up.vote_addr().unwrap());
-    let result_url = format!("http://127.0.0.1:{}", up.result_port());
-    let running = tokio::spawn(up.run());
+    let config = voting::up::UpConfig::on_any_loopback_port(data.path(), "a=Cats,b=Dogs,c=Birds").unwrap();
+    let up = voting::up::Up::build(config).await.unwrap();
+    let vote_url = format!("http://{}", up.vote_addr());
+    let result_url = format!("http://{}", up.result_addr());
+    let running = tokio::spawn(up.run(shutdown.clone()));
     let http = reqwest::Client::new();
 
     for (page, url) in [("vote", &vote_url), ("result", &result_url)] {

@@ -14,12 +14,14 @@ A scenario fails if it loses or adds a vote or misses its target; the exit statu
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Generic, Sequence, TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 B = TypeVar("B")
@@ -28,6 +30,15 @@ B = TypeVar("B")
 MAX_STALENESS_S = 10.0
 MAX_REDIS_FAILOVER_OUTAGE_S = 5.0
 NO_OUTAGE = 0.0  # no stretch of 500 ms without an acknowledged vote
+# Where no outage is the target, a stretch without acknowledgements in which no vote was
+# refused, none timed out and none failed to connect is a stall: every vote waited, and was
+# taken. On the 2-core machine that carries the four Swarm nodes, every request stalls for up
+# to about a second when Swarm starts a replacement container or PostgreSQL clones a rejoining
+# node (docs/chaos.md, "The harness is paid for by the machine it measures"): such a stall is
+# reported as a missed target, not failed. One that lasts longer, or in which votes failed, is
+# an outage.
+HOST_STALL_S = 2.0
+HOST_STALL_LIMIT = "a 2-core host running 4 nodes, on which every request stalls while Swarm starts a container"
 RECOVERY_TIMEOUT_S = 180.0
 
 
@@ -46,6 +57,13 @@ def wait_until(probe: Callable[[], T | None], timeout: float, what: str, interva
             detail = f" (last error: {last_error})" if last_error else ""
             raise TimeoutError(f"{what}: not within {timeout:.0f} s{detail}")
         time.sleep(interval)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now, for a server a harness starts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -101,6 +119,8 @@ class Scenario(Generic[B]):
     # Why this scenario's outage and staleness targets cannot be met yet, if they cannot: the
     # component that limits them. A missed timing target is then reported, not failed.
     limited_by: str | None = None
+    # The same for the staleness target alone: the outage target still fails when missed.
+    staleness_limited_by: str | None = None
 
 
 class SplitBrainWatch:
@@ -130,8 +150,16 @@ class SplitBrainWatch:
         return f"two primaries at once: {', '.join(self._seen_two)}" if self._seen_two else None
 
 
-def run_scenario(backend: B, scenario: Scenario[B], state: dict, load_command: Callable[[float], list[str]],
-                 duration: float, fault_at: float, results_dir: Path, poll_interval: float = 0.05) -> Row:
+def run_scenario(
+    backend: B,
+    scenario: Scenario[B],
+    state: dict,
+    load_command: Callable[[float], list[str]],
+    duration: float,
+    fault_at: float,
+    results_dir: Path,
+    poll_interval: float = 0.05,
+) -> Row:
     row = Row(scenario.name)
     duration = scenario.duration_s or duration
     if scenario.prepare:
@@ -159,20 +187,54 @@ def run_scenario(backend: B, scenario: Scenario[B], state: dict, load_command: C
     try:
         report = json.loads(stdout)
     except json.JSONDecodeError:
-        row.failures.append(f"voting load printed no report: {stderr.strip()[-500:]}")
+        row.failures.append(f"voting load printed no report: {error_of(stderr)}")
         return row
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / f"{scenario.name}.json").write_text(json.dumps(report, indent=2))
     max_outage = fault.max_outage_s if fault.max_outage_s is not None else scenario.max_outage_s
-    judge(row, report, max_outage, fault.held_back_s, strict=scenario.strict, max_staleness_s=scenario.max_staleness_s,
-          limited_by=scenario.limited_by)
+    judge(
+        row,
+        report,
+        max_outage,
+        fault.held_back_s,
+        strict=scenario.strict,
+        max_staleness_s=scenario.max_staleness_s,
+        limited_by=scenario.limited_by,
+        staleness_limited_by=scenario.staleness_limited_by,
+    )
     return row
 
 
-def judge(row: Row, report: dict, max_outage_s: float | None, held_back_s: float | None = None,
-          strict: bool = False, max_staleness_s: float | None = MAX_STALENESS_S, limited_by: str | None = None) -> None:
+def stalled_only(report: dict, outage_s: float) -> bool:
+    """Whether a stretch without acknowledgements was a stall of the host, not an outage: see
+    HOST_STALL_S."""
+    errors = report.get("errors") or {}
+    failed = report.get("refused", 0) + errors.get("timeout", 0) + errors.get("connect", 0)
+    return failed == 0 and outage_s < HOST_STALL_S
+
+
+def judge(
+    row: Row,
+    report: dict,
+    max_outage_s: float | None,
+    held_back_s: float | None = None,
+    strict: bool = False,
+    max_staleness_s: float | None = MAX_STALENESS_S,
+    limited_by: str | None = None,
+    staleness_limited_by: str | None = None,
+) -> None:
     """Fills `row` from a `voting load --json` report and records every missed target."""
-    timing = row.missed if limited_by else row.failures
+
+    def missed(target: str, limit: str | None) -> None:
+        # A target with a known limit is reported and the limit named once; any other fails.
+        if limit is None:
+            row.failures.append(target)
+            return
+        row.missed.append(target)
+        note = f"target missed, limited by {limit}"
+        if note not in row.notes:
+            row.notes.append(note)
+
     verify = report.get("verify") or {}
     row.acknowledged = report["acknowledged"]
     row.counted = verify.get("counted", 0)
@@ -189,14 +251,19 @@ def judge(row: Row, report: dict, max_outage_s: float | None, held_back_s: float
     if row.lost or row.extra:
         row.failures.append(f"{row.lost} lost, {row.extra} extra")
     if max_outage_s is not None and row.outage_s > max_outage_s:
-        timing.append(f"vote outage {row.outage_s:.2f} s, {row.outage_s - max_outage_s:.2f} s over {max_outage_s:.0f} s")
+        outage = f"vote outage {row.outage_s:.2f} s, {row.outage_s - max_outage_s:.2f} s over {max_outage_s:.0f} s"
+        if limited_by is None and max_outage_s == NO_OUTAGE and stalled_only(report, row.outage_s):
+            missed(f"{outage} (votes slowed, none refused)", HOST_STALL_LIMIT)
+        else:
+            missed(outage, limited_by)
     if row.staleness_s is None:
         row.failures.append("the result stream never showed every acknowledged vote")
     elif max_staleness_s is not None and row.staleness_s > max_staleness_s:
-        timing.append(f"results {row.staleness_s:.1f} s stale, {row.staleness_s - max_staleness_s:.1f} s over "
-                      f"{max_staleness_s:.0f} s")
-    if row.missed and limited_by:
-        row.notes.append(f"target missed, limited by {limited_by}")
+        missed(
+            f"results {row.staleness_s:.1f} s stale, {row.staleness_s - max_staleness_s:.1f} s over "
+            f"{max_staleness_s:.0f} s",
+            limited_by or staleness_limited_by,
+        )
     if strict:
         failed = sum((report.get("errors") or {}).values())
         refused, unknown = report.get("refused", 0), report.get("unknown", 0)
@@ -205,9 +272,11 @@ def judge(row: Row, report: dict, max_outage_s: float | None, held_back_s: float
 
 
 def table(rows: Sequence[Row]) -> str:
-    lines = ["| scenario | acknowledged | counted | lost | extra | unknown | longest vote outage "
-             "| longest result staleness | time to recover | verdict |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| scenario | acknowledged | counted | lost | extra | unknown | longest vote outage "
+        "| longest result staleness | time to recover | verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
         staleness = f"{r.staleness_s:.2f} s" if r.staleness_s is not None else "—"
         recover = f"{r.recover_s:.2f} s" if r.recover_s is not None else "—"
@@ -217,8 +286,12 @@ def table(rows: Sequence[Row]) -> str:
             verdict = "target missed: " + "; ".join(r.missed)
         else:
             verdict = "pass"
-        lines.append(f"| {r.scenario} | {r.acknowledged} | {r.counted} | {r.lost} | {r.extra} | {r.unknown} "
-                     f"| {r.outage_s:.2f} s | {staleness} | {recover} | {verdict} |")
+        # One line a row, whatever a failure's text holds (a program's error runs over several).
+        verdict = " ".join(verdict.split())
+        lines.append(
+            f"| {r.scenario} | {r.acknowledged} | {r.counted} | {r.lost} | {r.extra} | {r.unknown} "
+            f"| {r.outage_s:.2f} s | {staleness} | {recover} | {verdict} |"
+        )
     return "\n".join(lines)
 
 
@@ -226,8 +299,10 @@ def write_doc(doc: Path, section: str, rows: Sequence[Row], description: str) ->
     """Replaces the text between `<!-- SECTION:begin -->` and `<!-- SECTION:end -->` in `doc`."""
     begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
     notes = "\n".join(f"- {r.scenario}: {'; '.join(r.notes)}" for r in rows if r.notes)
-    generated = (f"{begin}\nLast run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {description}.\n\n"
-                 f"{table(rows)}\n\n{notes}\n{end}")
+    generated = (
+        f"{begin}\nLast run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {description}.\n\n"
+        f"{table(rows)}\n\n{notes}\n{end}"
+    )
     text = doc.read_text() if doc.exists() else f"# Chaos\n\n{begin}\n{end}\n"
     if begin not in text:
         text += f"\n{begin}\n{end}\n"
@@ -235,9 +310,22 @@ def write_doc(doc: Path, section: str, rows: Sequence[Row], description: str) ->
     doc.write_text(text[:start] + generated + text[stop:])
 
 
-def run_all(backend: B, scenarios: Sequence[Scenario[B]], load_command: Callable[[float], list[str]],
-            duration: float, fault_at: float, results_dir: Path,
-            before_each: Callable[[Scenario[B]], None] | None = None, poll_interval: float = 0.05) -> list[Row]:
+def error_of(stderr: str) -> str:
+    """The end of what a failed program printed, without the backtrace that RUST_BACKTRACE adds
+    to an error (hundreds of lines of frames that would push the error itself out)."""
+    return stderr.split("\nStack backtrace:")[0].strip()[-500:]
+
+
+def run_all(
+    backend: B,
+    scenarios: Sequence[Scenario[B]],
+    load_command: Callable[[float], list[str]],
+    duration: float,
+    fault_at: float,
+    results_dir: Path,
+    before_each: Callable[[Scenario[B]], None] | None = None,
+    poll_interval: float = 0.05,
+) -> list[Row]:
     """Runs the scenarios in order, printing each row as it is done, then the table.
     `poll_interval`: how often recovery is probed (a probe that costs a process per node
     should not run back to back on the machine it measures)."""
@@ -263,6 +351,10 @@ def summary(prog: str, rows: Sequence[Row]) -> int:
     line += f" ({', '.join(missed)})" if missed else ""
     line += f", {len(failed)} failed" + (f" ({', '.join(failed)})" if failed else "")
     print(line)
+    # Again, one per line: a long table row is the first thing a truncated log loses.
+    for row in rows:
+        for failure in row.failures:
+            print(f"  {row.scenario}: {failure}")
     return 1 if failed else 0
 
 

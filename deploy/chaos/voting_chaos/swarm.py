@@ -27,12 +27,22 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Callable
 
-from .runner import (MAX_REDIS_FAILOVER_OUTAGE_S, NO_OUTAGE, Fault, Scenario, choose, run_all, summary, wait_until,
-                     write_doc)
+from .runner import (
+    MAX_REDIS_FAILOVER_OUTAGE_S,
+    NO_OUTAGE,
+    Fault,
+    Scenario,
+    choose,
+    run_all,
+    summary,
+    wait_until,
+    write_doc,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 RESULTS_DIR = REPO / "target" / "chaos-swarm"
@@ -48,8 +58,11 @@ NODE_CUT_OFF_S = 30.0
 CONTAINER_FROZEN_S = 20.0
 TASKS_MAX_AGE_S = 2.0
 SAMPLER_LIFETIME_S = 120
-# redis-cli in a Redis or Sentinel container, with the stack's password secret.
+# redis-cli in a Redis node's container, as the operator (the default user, with the
+# redis_password secret): the harness reads the vote stream's consumers and samples every node.
 REDIS_CLI = 'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" redis-cli'
+# redis-cli in a Sentinel's container, with the Sentinels' own password.
+SENTINEL_CLI = 'REDISCLI_AUTH="$(cat /run/secrets/sentinel_password)" redis-cli -p 26379'
 # A member's last sample older than this says nothing (its container is frozen or gone).
 SAMPLE_FRESH_S = 0.25
 
@@ -116,8 +129,15 @@ class Swarm:
         prefix = self.stack + "_"
         for node in self.up_nodes():
             try:
-                lines = self.on(node, "ps", "--filter", f"label=com.docker.stack.namespace={self.stack}",
-                                "--format", '{{.ID}} {{.Label "com.docker.swarm.service.name"}}', timeout=10)
+                lines = self.on(
+                    node,
+                    "ps",
+                    "--filter",
+                    f"label=com.docker.stack.namespace={self.stack}",
+                    "--format",
+                    '{{.ID}} {{.Label "com.docker.swarm.service.name"}}',
+                    timeout=10,
+                )
             except (RuntimeError, subprocess.TimeoutExpired):
                 continue
             for line in lines.splitlines():
@@ -137,8 +157,9 @@ class Swarm:
 
     def exec_in(self, task: Task, script: str, user: str = "", timeout: float = 10) -> str:
         try:
-            return self.on(task.node, "exec", *(["-u", user] if user else []), task.container, "sh", "-c", script,
-                           timeout=timeout)
+            return self.on(
+                task.node, "exec", *(["-u", user] if user else []), task.container, "sh", "-c", script, timeout=timeout
+            )
         except (RuntimeError, subprocess.TimeoutExpired):
             self.forget_tasks()  # gone, or its node is: list again next time
             raise
@@ -165,11 +186,27 @@ class Swarm:
                 best, most = member, int(info.get("connected_slaves", 0))
         return best
 
+    def redis_roles(self) -> str:
+        """Each member's role and, for a master, its connected replicas: for messages."""
+        roles = []
+        for member in REDIS:
+            try:
+                info = self.redis_info(member)
+            except (RuntimeError, subprocess.TimeoutExpired) as error:
+                roles.append(f"{member} unreachable ({str(error).strip()[:80]})")
+                continue
+            role = info.get("role", "?")
+            if role == "master":
+                roles.append(f"{member} master with {info.get('connected_slaves', '?')} replicas")
+            else:
+                link = info.get("master_link_status", "?")
+                roles.append(f"{member} {role} of {info.get('master_host', '?')} (link {link})")
+        return "; ".join(roles)
+
     def redis_whole(self, old: str | None = None) -> bool:
         """A master (not `old`) with both other members replicating from it."""
         master = self.redis_master()
-        return (master is not None and master != old
-                and self.redis_info(master).get("connected_slaves") == "2")
+        return master is not None and master != old and self.redis_info(master).get("connected_slaves") == "2"
 
     def pg_query(self, member: str, sql: str) -> str:
         return self.exec_in(self.task(member), f'psql -h /var/run/postgresql -XAtc "{sql}"', user="postgres").strip()
@@ -195,23 +232,47 @@ class Swarm:
 
     def services_converged(self) -> bool:
         """Every service (but the one-off migration) runs all its replicas, every task healthy."""
-        lines = self.cli("service", "ls", "--filter", f"label=com.docker.stack.namespace={self.stack}",
-                         "--format", "{{.Name}} {{.Replicas}}")
+        return not self.unconverged_services()
+
+    def unconverged_services(self) -> list[str]:
+        """The services short of replicas, and the tasks not (yet) healthy, with their node."""
+        lines = self.cli(
+            "service",
+            "ls",
+            "--filter",
+            f"label=com.docker.stack.namespace={self.stack}",
+            "--format",
+            "{{.Name}} {{.Replicas}}",
+        )
+        short = []
         for line in lines.splitlines():
             name, replicas = line.split()[:2]
             if name == f"{self.stack}_migrate":
                 continue
             running, wanted = replicas.split("/")
             if running != wanted:
-                return False
+                short.append(f"{name} {replicas}")
+        if short:
+            return short
+        unhealthy = []
         for node in self.up_nodes():
             # Running is not healthy: one listing per node, every task's status ("Up 3 minutes
             # (health: starting)", "… (unhealthy)").
-            statuses = self.on(node, "ps", "--filter", f"label=com.docker.stack.namespace={self.stack}",
-                               "--format", "{{.Status}}", timeout=10)
-            if "(health: starting)" in statuses or "(unhealthy)" in statuses:
-                return False
-        return True
+            statuses = self.on(
+                node,
+                "ps",
+                "--filter",
+                f"label=com.docker.stack.namespace={self.stack}",
+                "--format",
+                '{{.Label "com.docker.swarm.service.name"}} {{.Status}}',
+                timeout=10,
+            )
+            unhealthy += [
+                f"{line.split()[0]} on {node} {line[line.index('(') :]}"
+                for line in statuses.splitlines()
+                if "(health: starting)" in line or "(unhealthy)" in line
+            ]
+        return unhealthy
 
     def nodes_ready(self) -> bool:
         return not self.nodes_down()
@@ -227,20 +288,47 @@ class Swarm:
         operator does about Docker 20.10's dispatcher losing a node's heartbeats after a leader
         change (see redis_master_off_the_raft_leader). Between scenarios only, never inside
         one: the scenario that left the node so has been judged by then."""
-        stuck = [node for node in self.nodes_down() if self.node_state(node) == "running"
-                 and subprocess.run(["docker", "exec", node, "docker", "info"], capture_output=True,
-                                    timeout=30, env=HOST_ENGINE).returncode == 0]
+        stuck = [
+            node
+            for node in self.nodes_down()
+            if self.node_state(node) == "running"
+            and subprocess.run(
+                ["docker", "exec", node, "docker", "info"], capture_output=True, timeout=30, env=HOST_ENGINE
+            ).returncode
+            == 0
+        ]
         for node in stuck:
-            print(f"   (harness) Swarm keeps {node} Down while its engine runs: restarting it, as an "
-                  "operator would", file=sys.stderr)
+            print(
+                f"   (harness) Swarm keeps {node} Down while its engine runs: restarting it, as an operator would",
+                file=sys.stderr,
+            )
             run_host("restart", node)
         if stuck:
             self.forget_tasks()
         return stuck
 
-    def whole(self) -> bool:
-        """Every node ready, every service converged, each tier a leader and two followers."""
-        return self.nodes_ready() and self.services_converged() and self.redis_whole() and self.pg_whole()
+    def missing(self) -> str | None:
+        """What keeps the stack from being whole (every node ready, every service converged,
+        each tier a leader and two followers): the first thing found, or None."""
+        down = self.nodes_down()
+        if down:
+            return f"nodes not Ready: {', '.join(down)}"
+        unconverged = self.unconverged_services()
+        if unconverged:
+            return f"services not converged: {', '.join(unconverged)}"
+        if not self.redis_whole():
+            return f"Redis not one master with two replicas: {self.redis_roles()}"
+        if not self.pg_whole():
+            return f"PostgreSQL not one primary with two streaming standbys: primaries {self.pg_primaries()}"
+        return None
+
+    def require_whole(self) -> bool:
+        """Whether the stack is whole, as a probe for wait_until: what is missing becomes the
+        timeout's message."""
+        missing = self.missing()
+        if missing:
+            raise RuntimeError(missing)
+        return True
 
     def raft_leader(self) -> str:
         for line in self.cli("node", "ls", "--format", "{{.Hostname}} {{.ManagerStatus}}").splitlines():
@@ -256,20 +344,33 @@ class Swarm:
         return sorted(service for service, tasks in self.tasks().items() if any(t.node == node for t in tasks))
 
     def address(self, node: str) -> str:
-        return run(["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", node]).strip()
+        return run(
+            ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", node]
+        ).strip()
 
     def cut_off(self, node: str) -> None:
         """Drops everything between `node` and every other node, both ways, in the node's own
         firewall (this machine, the gateway, still reaches it: that is how it is healed)."""
         others = [self.address(other) for other in self.nodes if other != node]
-        rules = ["iptables -N VOTING-CUT"] + [f"iptables -A VOTING-CUT -s {ip} -j DROP && "
-                                              f"iptables -A VOTING-CUT -d {ip} -j DROP" for ip in others]
+        rules = ["iptables -N VOTING-CUT"] + [
+            f"iptables -A VOTING-CUT -s {ip} -j DROP && iptables -A VOTING-CUT -d {ip} -j DROP" for ip in others
+        ]
         rules += ["iptables -I INPUT -j VOTING-CUT", "iptables -I OUTPUT -j VOTING-CUT"]
         run(["docker", "exec", node, "sh", "-c", " && ".join(rules)])
 
     def heal(self, node: str) -> None:
-        run(["docker", "exec", node, "sh", "-c", "iptables -D INPUT -j VOTING-CUT; iptables -D OUTPUT -j VOTING-CUT; "
-             "iptables -F VOTING-CUT; iptables -X VOTING-CUT"], check=False)
+        run(
+            [
+                "docker",
+                "exec",
+                node,
+                "sh",
+                "-c",
+                "iptables -D INPUT -j VOTING-CUT; iptables -D OUTPUT -j VOTING-CUT; "
+                "iptables -F VOTING-CUT; iptables -X VOTING-CUT",
+            ],
+            check=False,
+        )
 
 
 # -- who would accept a write, sampled in every member -------------------------------------
@@ -279,15 +380,24 @@ class Swarm:
 # machine's clock): a sample produced before a freeze and delivered after it must not count as
 # current. Each starts over when the server restarts under it. (mawk reads a pipe in blocks,
 # which would deliver the samples in bursts, unless told it is interactive.)
-REDIS_SAMPLER = (f"while :; do {REDIS_CLI} -r -1 -i 0.05 INFO server replication 2>/dev/null "
-                 "| awk -W interactive -F: '{sub(/\\r$/, \"\")} /^server_time_usec:/ {now = $2} "
-                 "/^role:/ {role = $2} /^min_slaves_good_slaves:/ {good = $2} "
-                 "/^master_repl_offset:/ {printf \"%.3f %d\\n\", now / 1000000, (role == \"master\" && good > 0); "
-                 "fflush(); good = 0}'; sleep 0.2; done")
-POSTGRES_SAMPLER = ("while :; do while :; do echo \"SELECT extract(epoch FROM clock_timestamp())::numeric(16, 3) "
-                    "|| ' ' || (NOT pg_is_in_recovery() AND (SELECT count(*) > 0 FROM pg_stat_replication "
-                    "WHERE sync_state IN ('sync', 'quorum')))::int;\"; sleep 0.05; done "
-                    "| psql -h /var/run/postgresql -XAtq 2>/dev/null; sleep 0.2; done")
+REDIS_SAMPLER = (
+    f"while :; do {REDIS_CLI} -r -1 -i 0.05 INFO server replication 2>/dev/null "
+    '| awk -W interactive -F: \'{sub(/\\r$/, "")} /^server_time_usec:/ {now = $2} '
+    "/^role:/ {role = $2} /^min_slaves_good_slaves:/ {good = $2} "
+    '/^master_repl_offset:/ {printf "%.3f %d\\n", now / 1000000, (role == "master" && good > 0); '
+    "fflush(); good = 0}'; sleep 0.2; done"
+)
+# A PostgreSQL primary accepts a write when a synchronous standby can acknowledge it: one that
+# answered within the last second, as Redis counts a replica good within min-replicas-max-lag.
+# Right after a frozen primary thaws, pg_stat_replication still lists the walsenders of
+# standbys that left it for the new primary while it was frozen; such a primary cannot commit
+# (nothing acknowledges), but counted without the freshness it passed for a second writer.
+POSTGRES_SAMPLER = (
+    'while :; do while :; do echo "SELECT extract(epoch FROM clock_timestamp())::numeric(16, 3) '
+    "|| ' ' || (NOT pg_is_in_recovery() AND (SELECT count(*) > 0 FROM pg_stat_replication "
+    "WHERE sync_state IN ('sync', 'quorum') AND reply_time > clock_timestamp() - interval '1 second'))::int;\"; "
+    "sleep 0.05; done | psql -h /var/run/postgresql -XAtq 2>/dev/null; sleep 0.2; done"
+)
 
 
 @dataclass
@@ -302,8 +412,11 @@ class Writable:
         """A sample `member` took at `at` (its server's clock, seconds since the epoch)."""
         with self.lock:
             self.latest[member] = (at, writable)
-            writers = [m for m in tier if m in self.latest
-                       and self.latest[m][1] and abs(at - self.latest[m][0]) <= SAMPLE_FRESH_S]
+            writers = [
+                m
+                for m in tier
+                if m in self.latest and self.latest[m][1] and abs(at - self.latest[m][0]) <= SAMPLE_FRESH_S
+            ]
             if len(writers) > 1:
                 moment = time.strftime("%H:%M:%S", time.gmtime(at)) + f".{int(at * 1000) % 1000:03d}"
                 self.overlaps.append(f"{moment} {' and '.join(writers)}")
@@ -315,7 +428,7 @@ class Writable:
 
 
 def parse_sample(line: str) -> tuple[float, bool] | None:
-    """"TIME 0|1" from a sampler; None for anything else (a restart's noise)."""
+    """A sampler's line, "TIME 0|1", as (time, writable); None for anything else (a restart's noise)."""
     fields = line.split()
     if len(fields) != 2 or fields[1] not in ("0", "1"):
         return None
@@ -332,9 +445,11 @@ class Samplers:
         self.swarm = swarm
         self.writable = Writable()
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._follow, args=(member, tier, script), daemon=True)
-                         for tier, script in ((REDIS, REDIS_SAMPLER), (POSTGRES, POSTGRES_SAMPLER))
-                         for member in tier]
+        self._threads = [
+            threading.Thread(target=self._follow, args=(member, tier, script), daemon=True)
+            for tier, script in ((REDIS, REDIS_SAMPLER), (POSTGRES, POSTGRES_SAMPLER))
+            for member in tier
+        ]
         for thread in self._threads:
             thread.start()
 
@@ -348,9 +463,26 @@ class Samplers:
                 continue
             # Bounded: a process started by `docker exec` outlives the client that reads it, so
             # each sampler ends by itself and is started again while the run lasts.
-            process = subprocess.Popen(["docker", "exec", task.node, "docker", "exec", *user, task.container,
-                                        "timeout", str(SAMPLER_LIFETIME_S), "sh", "-c", script],
-                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=HOST_ENGINE)
+            process = subprocess.Popen(
+                [
+                    "docker",
+                    "exec",
+                    task.node,
+                    "docker",
+                    "exec",
+                    *user,
+                    task.container,
+                    "timeout",
+                    str(SAMPLER_LIFETIME_S),
+                    "sh",
+                    "-c",
+                    script,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                env=HOST_ENGINE,
+            )
             assert process.stdout is not None
             for line in process.stdout:
                 if self._stop.is_set():
@@ -368,6 +500,7 @@ class Samplers:
 
 # -- faults --------------------------------------------------------------------------------
 
+
 @dataclass
 class Run:
     swarm: Swarm
@@ -384,49 +517,53 @@ def kill_redis_master(run: Run, state: dict) -> Fault:
     swarm = run.swarm
     old = _require(swarm.redis_master(), "a Redis master")
     swarm.kill(swarm.task(old))
-    return Fault(recovered=lambda: swarm.redis_whole(old) and swarm.redis_info(old).get("role") == "slave",
-                 notes=[f"killed {old}; Swarm restarted it and it follows the new master"])
+    return Fault(
+        recovered=lambda: swarm.redis_whole(old) and swarm.redis_info(old).get("role") == "slave",
+        notes=[f"killed {old}; Swarm restarted it and it follows the new master"],
+    )
 
 
 def kill_postgres_primary(run: Run, state: dict) -> Fault:
     swarm = run.swarm
     old = _require(_one(swarm.pg_primaries()), "one PostgreSQL primary")
     swarm.kill(swarm.task(old))
-    return Fault(recovered=lambda: swarm.pg_whole(old),
-                 notes=[f"killed {old}; it came back as a standby of the new primary"])
+    return Fault(
+        recovered=lambda: swarm.pg_whole(old), notes=[f"killed {old}; it came back as a standby of the new primary"]
+    )
 
 
 def kill_worker_mid_batch(run: Run, state: dict) -> Fault:
-    """Freezes a worker while it holds delivered, unacknowledged votes, then kills it."""
+    """Kills a worker while it holds delivered, unacknowledged votes.
+
+    A worker holds a batch only while the store commits it, a few milliseconds, so catching
+    one at random (freeze, look, thaw, repeat) took tens of tries, each a few docker commands
+    through two engines that the measured machine paid for, and sometimes none in 60 s. So the
+    store is made to wait instead: Pgpool-II is frozen, a worker reads its next batch and
+    waits on the commit, it is frozen itself with the batch in hand, Pgpool-II thaws, and the
+    frozen worker is killed. The other worker waits on the store for that second or two too."""
     swarm = run.swarm
-    caught: dict[str, object] = {}
-
-    def freeze_holding_votes() -> bool:
-        task = swarm.task("worker")
+    task = swarm.task("worker")
+    pools = swarm.tasks(max_age=0).get("pgpool", [])
+    # The worker's consumer is named after its host name, the container's short id.
+    consumer = task.container[:12]
+    for pool in pools:  # both: the worker may be connected to either
+        swarm.on(pool.node, "pause", pool.container)
+    try:
+        held = wait_until(lambda: _pending_of(swarm, consumer), 20, "a worker holding a batch", interval=0.2)
         swarm.on(task.node, "pause", task.container)
-        try:
-            # The worker's consumer is named after its host name, the container's short id.
-            held = _pending_of(swarm, task.container[:12])
-        except BaseException:
-            swarm.on(task.node, "unpause", task.container)  # never leave it frozen
-            raise
-        if held:
-            caught.update(task=task, held=held)
-            return True
-        swarm.on(task.node, "unpause", task.container)
-        return False
-
-    wait_until(freeze_holding_votes, 60, "a worker caught holding a batch", interval=0.1)
-    task = caught["task"]
-    assert isinstance(task, Task)
+    finally:
+        for pool in pools:
+            swarm.on(pool.node, "unpause", pool.container)
     swarm.kill(task)
     killed = time.monotonic()
-    fault = Fault(recovered=lambda: False,
-                  notes=[f"killed a worker holding {caught['held']} votes; the other worker claimed them"])
+    fault = Fault(
+        recovered=lambda: False,
+        notes=[f"killed a worker holding {held} votes; the other worker claimed them"],
+    )
 
     def claimed_and_replaced() -> bool:
         if fault.held_back_s is None:
-            if _pending_of(swarm, task.container[:12]):
+            if _pending_of(swarm, consumer):
                 return False
             fault.held_back_s = time.monotonic() - killed
         return swarm.services_converged()
@@ -454,8 +591,11 @@ def kill_replica(service: str) -> Callable[[Run, dict], Fault]:
     def inject(run: Run, state: dict) -> Fault:
         task = run.swarm.task(service)
         run.swarm.kill(task)
-        return Fault(recovered=run.swarm.services_converged,
-                     notes=[f"killed a {service} replica on {task.node}; Swarm replaced it"])
+        return Fault(
+            recovered=run.swarm.services_converged,
+            notes=[f"killed a {service} replica on {task.node}; Swarm replaced it"],
+        )
+
     return inject
 
 
@@ -469,13 +609,24 @@ def freeze_postgres_primary(run: Run, state: dict) -> Fault:
         time.sleep(max(0.0, CONTAINER_FROZEN_S - 5))  # frozen well past the promotion
     finally:
         swarm.on(task.node, "unpause", task.container)
-    return Fault(recovered=lambda: swarm.pg_whole(old),
-                 notes=[f"froze {old} (docker pause) for over {CONTAINER_FROZEN_S:.0f} s; on waking it stepped "
-                        "down and rejoined as a standby"])
+    return Fault(
+        recovered=lambda: swarm.pg_whole(old),
+        notes=[
+            f"froze {old} (docker pause) for over {CONTAINER_FROZEN_S:.0f} s; on waking it stepped "
+            "down and rejoined as a standby"
+        ],
+    )
 
 
-def _node_fault(run: Run, pick: Callable[[Swarm], str], what: str, fail: Callable[[str], None],
-                restore: Callable[[str], None], verb: str, down_s: float = NODE_DOWN_S) -> Fault:
+def _node_fault(
+    run: Run,
+    pick: Callable[[Swarm], str],
+    what: str,
+    fail: Callable[[str], None],
+    restore: Callable[[str], None],
+    verb: str,
+    down_s: float = NODE_DOWN_S,
+) -> Fault:
     swarm = run.swarm
     node = pick(swarm)
     held = swarm.services_on(node)
@@ -489,37 +640,58 @@ def _node_fault(run: Run, pick: Callable[[Swarm], str], what: str, fail: Callabl
     notes = [f"{verb} {node} ({what}: {', '.join(held)}) for {restored - began:.0f} s"]
 
     def whole_again() -> bool:
-        if not swarm.whole():
-            return False
+        swarm.require_whole()  # what is missing, if the recovery times out
         notes.append(f"whole again {time.monotonic() - restored:.1f} s after it came back")
         return True
 
-    return Fault(recovered=whole_again,
-                 # The vote path stops only while a new Redis master is chosen.
-                 max_outage_s=MAX_REDIS_FAILOVER_OUTAGE_S if redis_master in held else NO_OUTAGE,
-                 notes=notes)
+    return Fault(
+        recovered=whole_again,
+        # The vote path stops only while a new Redis master is chosen.
+        max_outage_s=MAX_REDIS_FAILOVER_OUTAGE_S if redis_master in held else NO_OUTAGE,
+        notes=notes,
+    )
 
 
 def node_killer(pick: Callable[[Swarm], str], what: str) -> Callable[[Run, dict], Fault]:
     def inject(run: Run, state: dict) -> Fault:
-        return _node_fault(run, pick, what,
-                           fail=lambda node: run_host("kill", node),
-                           restore=lambda node: run_host("start", node), verb="killed (docker kill) and restarted")
+        return _node_fault(
+            run,
+            pick,
+            what,
+            fail=lambda node: run_host("kill", node),
+            restore=lambda node: run_host("start", node),
+            verb="killed (docker kill) and restarted",
+        )
+
     return inject
 
 
 def cut_off_node(pick: Callable[[Swarm], str], what: str) -> Callable[[Run, dict], Fault]:
     def inject(run: Run, state: dict) -> Fault:
-        return _node_fault(run, pick, what, fail=run.swarm.cut_off, restore=run.swarm.heal,
-                           verb="cut off from the other nodes (iptables, both ways), then healed",
-                           down_s=NODE_CUT_OFF_S)
+        return _node_fault(
+            run,
+            pick,
+            what,
+            fail=run.swarm.cut_off,
+            restore=run.swarm.heal,
+            verb="cut off from the other nodes (iptables, both ways), then healed",
+            down_s=NODE_CUT_OFF_S,
+        )
+
     return inject
 
 
 def freeze_node(pick: Callable[[Swarm], str], what: str) -> Callable[[Run, dict], Fault]:
     def inject(run: Run, state: dict) -> Fault:
-        return _node_fault(run, pick, what, fail=lambda node: run_host("pause", node),
-                           restore=lambda node: run_host("unpause", node), verb="froze (docker pause) and resumed")
+        return _node_fault(
+            run,
+            pick,
+            what,
+            fail=lambda node: run_host("pause", node),
+            restore=lambda node: run_host("unpause", node),
+            verb="froze (docker pause) and resumed",
+        )
+
     return inject
 
 
@@ -542,14 +714,18 @@ def restart_cluster(run: Run, state: dict) -> Fault:
         primaries = swarm.pg_primaries()
         return None if len(primaries) == 1 else f"{len(primaries)} PostgreSQL primaries after the restart"
 
-    return Fault(recovered=swarm.whole, checks=[one_primary],
-                 notes=["stopped every node (docker stop), then started them all: the stack converged by itself"])
+    return Fault(
+        recovered=swarm.require_whole,
+        checks=[one_primary],
+        notes=["stopped every node (docker stop), then started them all: the stack converged by itself"],
+    )
 
 
 def rolling_update(run: Run, state: dict) -> Fault:
     for service in ("vote", "result"):
-        run.swarm.cli("service", "update", "--detach=false", "--quiet", "--force", f"{run.swarm.stack}_{service}",
-                      timeout=300)
+        run.swarm.cli(
+            "service", "update", "--detach=false", "--quiet", "--force", f"{run.swarm.stack}_{service}", timeout=300
+        )
     return Fault(recovered=lambda: True, notes=["docker service update --force of vote, then result"])
 
 
@@ -571,8 +747,11 @@ def failed_update_rolled_back(run: Run, state: dict) -> Fault:
     def same_spec() -> str | None:
         return None if spec() == before else "vote's spec after the rollback differs from before"
 
-    return Fault(recovered=rolled_back, checks=[same_spec],
-                 notes=["an update of vote whose health check fails: Swarm rolled it back by itself"])
+    return Fault(
+        recovered=rolled_back,
+        checks=[same_spec],
+        notes=["an update of vote whose health check fails: Swarm rolled it back by itself"],
+    )
 
 
 def restart_traefik(run: Run, state: dict) -> Fault:
@@ -588,11 +767,19 @@ def restart_traefik(run: Run, state: dict) -> Fault:
             return False
 
     def same_certificates() -> str | None:
-        changed = [host for host, fingerprint in before.items() if served_certificate(run.edge, host) != fingerprint]
+        # e2e.yml's Traefik starts a second time once its aliases resolve (about when its task
+        # turns healthy, which may come after the load): wait for it to answer again.
+        served = {
+            host: wait_until(partial(served_certificate, run.edge, host), 60, f"{host} served") for host in before
+        }
+        changed = [host for host, fingerprint in before.items() if served[host] != fingerprint]
         return f"new certificates issued for {', '.join(changed)} instead of the stored ones" if changed else None
 
-    return Fault(recovered=serving_again, checks=[same_certificates],
-                 notes=["killed Traefik; its replacement serves the stored certificates"])
+    return Fault(
+        recovered=serving_again,
+        checks=[same_certificates],
+        notes=["killed Traefik; its replacement serves the stored certificates"],
+    )
 
 
 def served_certificate(address: str, host: str) -> str:
@@ -601,13 +788,15 @@ def served_certificate(address: str, host: str) -> str:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    with socket.create_connection((address, 443), timeout=3) as connection:
-        with context.wrap_socket(connection, server_hostname=host) as tls:
-            certificate = tls.getpeercert(binary_form=True)
+    with (
+        socket.create_connection((address, 443), timeout=3) as connection,
+        context.wrap_socket(connection, server_hostname=host) as tls,
+    ):
+        certificate = tls.getpeercert(binary_form=True)
     return hashlib.sha256(certificate or b"").hexdigest()
 
 
-def _require(value, what: str):
+def _require(value: str | None, what: str) -> str:
     if not value:
         raise RuntimeError(f"no {what} to fail: is the stack whole?")
     return value
@@ -625,6 +814,54 @@ def _postgres_primary_node(swarm: Swarm) -> str:
     return swarm.node_of(_require(_one(swarm.pg_primaries()), "one PostgreSQL primary"))
 
 
+def _pgpool_node(swarm: Swarm) -> str:
+    """The node of a Pgpool-II that is neither the edge (one Traefik, issue 12) nor the Raft
+    leader's (see redis_master_off_the_raft_leader); of those, one without the Redis master
+    first, then without the PostgreSQL primary, so that the pool's loss is measured alone."""
+    candidates = _pgpool_candidates(swarm)
+    if not candidates:
+        raise RuntimeError("no Pgpool-II on a node other than the edge's and the Raft leader's")
+    redis_master, postgres_primary = _redis_master_node(swarm), _postgres_primary_node(swarm)
+    return min(candidates, key=lambda node: (node == redis_master, node == postgres_primary))
+
+
+def _pgpool_candidates(swarm: Swarm) -> list[str]:
+    excluded = {swarm.node_of("traefik"), swarm.raft_leader()}
+    return sorted({task.node for task in swarm.tasks(max_age=0).get("pgpool", [])} - excluded)
+
+
+# Forced updates of Pgpool-II tried before pgpool-node-killed gives up finding a node to kill.
+PGPOOL_PLACEMENTS = 5
+
+
+def isolate_a_pgpool_node(run: Run) -> None:
+    """Prepares pgpool-node-killed: a Pgpool-II on a node _pgpool_node may pick (Swarm spreads
+    the two over the four nodes as it likes: they are placed again by forced updates until one
+    is there), and the Redis master off the node it will pick (a Sentinel failover)."""
+    swarm = run.swarm
+    for _ in range(PGPOOL_PLACEMENTS):
+        if _pgpool_candidates(swarm):
+            break
+        swarm.cli("service", "update", "--detach=false", "--quiet", "--force", f"{swarm.stack}_pgpool", timeout=300)
+        # The result services reconnect to the new pools; the load reads the results first.
+        wait_until(lambda: results_answer(run), 60, "the results readable after the Pgpool-IIs moved", interval=1)
+    node = _pgpool_node(swarm)
+    if _redis_master_node(swarm) == node:
+        _move_redis_master(swarm, f"off {node}, the Pgpool-II's node to be killed")
+
+
+def results_answer(run: Run) -> bool:
+    """Whether /api/results answers 200 through the edge, as a browser would ask it (the name
+    resolved to the edge, SNI and Host alike; the certificate is not verified: the load runs
+    verify it)."""
+    host = run.hosts[-1]  # vote's, then result's
+    curl = ["curl", "-sk", "--max-time", "3", "--resolve", f"{host}:443:{run.edge}", "-o", "/dev/null"]
+    answer = subprocess.run(
+        [*curl, "-w", "%{http_code}", f"https://{host}/api/results"], capture_output=True, text=True
+    )
+    return answer.stdout == "200"
+
+
 def redis_master_off_the_raft_leader(run: Run) -> None:
     """Moves the Redis master off the Raft leader's node (a Sentinel failover), if it is there.
 
@@ -634,65 +871,144 @@ def redis_master_off_the_raft_leader(run: Run) -> None:
     its heartbeats again) until its dockerd restarted, so the tasks pinned to it never came
     back. The Redis master's node scenarios measure the Redis master's loss alone."""
     swarm = run.swarm
+    if _redis_master_node(swarm) == swarm.raft_leader():
+        _move_redis_master(swarm, "off the Raft leader's node")
+
+
+def _move_redis_master(swarm: Swarm, where: str) -> None:
+    """A Sentinel failover, before the load: the master moves to a replica's node."""
     master = _require(swarm.redis_master(), "a Redis master")
-    if swarm.node_of(master) != swarm.raft_leader():
-        return
-    sentinel = swarm.task("sentinel-1")
-    swarm.exec_in(sentinel, REDIS_CLI + " -p 26379 SENTINEL FAILOVER voting")
-    wait_until(lambda: swarm.redis_master() not in (None, master) and swarm.redis_whole(), 60,
-               "the Redis master moved off the Raft leader's node", interval=1)
+    swarm.exec_in(swarm.task("sentinel-1"), SENTINEL_CLI + " SENTINEL FAILOVER voting")
+    wait_until(
+        lambda: swarm.redis_master() not in (None, master) and swarm.redis_whole(),
+        60,
+        f"the Redis master moved {where}",
+        interval=1,
+    )
 
 
 # What limits the node scenarios' timing on this machine (see docs/chaos.md): a node that dies
 # or is cut off sends no reset, so Sentinel, HAProxy and repmgr wait out their timeouts, and
 # with four Docker nodes on two cores (load average ~15 under the suite) those timers run late;
-# Pgpool-II is one replica (issue 12), so results wait for Swarm to start it again when its node
-# is the one that went.
-NODE_LIMITS = ("silent node failures waited out by Sentinel, HAProxy and repmgr timers on an overloaded "
-               "2-core host running 4 nodes; Pgpool-II as one replica (issue 12)")
+# a connection to a Pgpool-II whose node went is given up only after the store's answer timeout.
+NODE_LIMITS = (
+    "silent node failures waited out by Sentinel, HAProxy and repmgr timers and the store's answer "
+    "timeout on an overloaded 2-core host running 4 nodes"
+)
 
 SCENARIOS: list[Scenario[Run]] = [
     Scenario("steady", "load over HTTPS, no failure", no_fault, NO_OUTAGE, strict=True, duration_s=20),
-    Scenario("redis-master-killed", "kill -9 the Redis master's container", kill_redis_master,
-             MAX_REDIS_FAILOVER_OUTAGE_S),
-    Scenario("postgres-primary-killed", "kill -9 the PostgreSQL primary's container", kill_postgres_primary,
-             NO_OUTAGE),
+    Scenario(
+        "redis-master-killed", "kill -9 the Redis master's container", kill_redis_master, MAX_REDIS_FAILOVER_OUTAGE_S
+    ),
+    Scenario(
+        "postgres-primary-killed",
+        "kill -9 the PostgreSQL primary's container",
+        kill_postgres_primary,
+        NO_OUTAGE,
+        # 8.9 s in CI's run of stop 16, 11.8, 11.9 and 16.3 s in the three runs here on
+        # 2026-12-02: the same steps, on a busier host.
+        staleness_limited_by="a PostgreSQL failover on a saturated host: repmgrd's detection (3 x 1 s), the "
+        "promotion, Pgpool-II finding the new primary, the workers' backoff",
+    ),
     Scenario("worker-killed", "kill -9 a worker mid-batch", kill_worker_mid_batch, NO_OUTAGE),
     Scenario("vote-replica-killed", "kill -9 a vote replica", kill_replica("vote"), NO_OUTAGE),
     Scenario("result-replica-killed", "kill -9 a result replica", kill_replica("result"), NO_OUTAGE),
-    Scenario("postgres-primary-frozen", "docker pause the PostgreSQL primary's container past the failover",
-             freeze_postgres_primary, NO_OUTAGE, duration_s=60,
-             limited_by="Pgpool-II, whose search for the new primary waits on the frozen node's half-open "
-                        "connection until it thaws (its connect_timeout bounds the TCP connect only)"),
+    Scenario(
+        "postgres-primary-frozen",
+        "docker pause the PostgreSQL primary's container past the failover",
+        freeze_postgres_primary,
+        NO_OUTAGE,
+        duration_s=60,
+        limited_by="Pgpool-II, whose search for the new primary waits on the frozen node's half-open "
+        "connection until it thaws (its connect_timeout bounds the TCP connect only)",
+    ),
     # No target: Swarm restarts the task (restart delay, start, health check) and e2e.yml's
     # Traefik waits for its aliases to resolve before it serves (see e2e.yml).
-    Scenario("traefik-restarted", "kill -9 Traefik's container", restart_traefik, None),
-    Scenario("rolling-update", "update vote and result under load", rolling_update, NO_OUTAGE, strict=True,
-             duration_s=60),
-    Scenario("failed-update-rolled-back", "an update whose health check fails", failed_update_rolled_back,
-             NO_OUTAGE, duration_s=60),
-    Scenario("redis-master-node-cut-off", "cut the Redis master's node off the others for 30 s",
-             cut_off_node(_redis_master_node, "the Redis master's node"), None, duration_s=60,
-             prepare=redis_master_off_the_raft_leader, limited_by=NODE_LIMITS),
-    Scenario("redis-master-node-killed", "kill the Redis master's node, start it again 25 s later",
-             node_killer(_redis_master_node, "the Redis master's node"), None, duration_s=60,
-             prepare=redis_master_off_the_raft_leader, limited_by=NODE_LIMITS),
-    Scenario("postgres-primary-node-killed", "kill the PostgreSQL primary's node, start it again 25 s later",
-             node_killer(_postgres_primary_node, "the PostgreSQL primary's node"), None, duration_s=60,
-             limited_by=NODE_LIMITS),
-    Scenario("raft-leader-node-killed", "kill the Raft leader's node, start it again 25 s later",
-             node_killer(Swarm.raft_leader, "the Raft leader"), None, duration_s=60, limited_by=NODE_LIMITS),
-    Scenario("postgres-primary-node-frozen", "docker pause the PostgreSQL primary's node for 25 s",
-             freeze_node(_postgres_primary_node, "the PostgreSQL primary's node"), None, duration_s=60,
-             limited_by=NODE_LIMITS),
+    Scenario(
+        "traefik-restarted",
+        "kill -9 Traefik's container",
+        restart_traefik,
+        None,
+        limited_by="one Traefik (issue 12: two edge nodes): nothing is served, results included, until Swarm "
+        "has restarted it and e2e.yml's Traefik has started a second time",
+    ),
+    Scenario(
+        "rolling-update", "update vote and result under load", rolling_update, NO_OUTAGE, strict=True, duration_s=60
+    ),
+    Scenario(
+        "failed-update-rolled-back",
+        "an update whose health check fails",
+        failed_update_rolled_back,
+        NO_OUTAGE,
+        duration_s=60,
+    ),
+    Scenario(
+        "redis-master-node-cut-off",
+        "cut the Redis master's node off the others for 30 s",
+        cut_off_node(_redis_master_node, "the Redis master's node"),
+        None,
+        duration_s=60,
+        prepare=redis_master_off_the_raft_leader,
+        limited_by=NODE_LIMITS,
+    ),
+    Scenario(
+        "redis-master-node-killed",
+        "kill the Redis master's node, start it again 25 s later",
+        node_killer(_redis_master_node, "the Redis master's node"),
+        None,
+        duration_s=60,
+        prepare=redis_master_off_the_raft_leader,
+        limited_by=NODE_LIMITS,
+    ),
+    Scenario(
+        "postgres-primary-node-killed",
+        "kill the PostgreSQL primary's node, start it again 25 s later",
+        node_killer(_postgres_primary_node, "the PostgreSQL primary's node"),
+        None,
+        duration_s=60,
+        limited_by=NODE_LIMITS,
+    ),
+    Scenario(
+        "pgpool-node-killed",
+        "kill the node of one of the two Pgpool-IIs, start it again 25 s later",
+        node_killer(_pgpool_node, "a Pgpool-II's node"),
+        None,
+        duration_s=60,
+        prepare=isolate_a_pgpool_node,
+        limited_by=NODE_LIMITS,
+    ),
+    Scenario(
+        "raft-leader-node-killed",
+        "kill the Raft leader's node, start it again 25 s later",
+        node_killer(Swarm.raft_leader, "the Raft leader"),
+        None,
+        duration_s=60,
+        limited_by=NODE_LIMITS,
+    ),
+    Scenario(
+        "postgres-primary-node-frozen",
+        "docker pause the PostgreSQL primary's node for 25 s",
+        freeze_node(_postgres_primary_node, "the PostgreSQL primary's node"),
+        None,
+        duration_s=60,
+        limited_by=NODE_LIMITS,
+    ),
     # No outage or staleness target: nothing runs while every node is down.
-    Scenario("cluster-restarted", "stop every node, then start them all", restart_cluster, None,
-             duration_s=120, max_staleness_s=None),
+    Scenario(
+        "cluster-restarted",
+        "stop every node, then start them all",
+        restart_cluster,
+        None,
+        duration_s=120,
+        max_staleness_s=None,
+    ),
 ]
 
 
 def with_split_brain_check(scenario: Scenario[Run]) -> Scenario[Run]:
     """The scenario, failed as well if two members of a tier accepted writes at once during it."""
+
     def inject(target: Run, state: dict) -> Fault:
         target.samplers.writable.take_overlaps()  # what happened before belongs to earlier scenarios
         fault = scenario.inject(target, state)
@@ -703,12 +1019,14 @@ def with_split_brain_check(scenario: Scenario[Run]) -> Scenario[Run]:
 
         fault.checks.append(no_two_writers)
         return fault
+
     return dataclasses.replace(scenario, inject=inject)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="scripts/e2e-swarm", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="scripts/e2e-swarm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--nodes", type=int, required=True)
     parser.add_argument("--stack", default="voting")
     parser.add_argument("--rate", type=float, default=100, help="votes per second (default 100)")
@@ -718,10 +1036,15 @@ def main() -> None:
     parser.add_argument("--hosts", help="the vote and result host names, comma-separated")
     parser.add_argument("--only", help="comma-separated scenario names")
     parser.add_argument("--doc", action="store_true", help="rewrite the Swarm table in docs/chaos.md")
-    parser.add_argument("--wait-converged", type=float, metavar="SECONDS",
-                        help="only wait until every service runs all its tasks, healthy, then exit")
-    parser.add_argument("load", nargs=argparse.REMAINDER,
-                        help="after --: `voting load` and its arguments up to the rate and duration")
+    parser.add_argument(
+        "--wait-converged",
+        type=float,
+        metavar="SECONDS",
+        help="only wait until every service runs all its tasks, healthy, then exit",
+    )
+    parser.add_argument(
+        "load", nargs=argparse.REMAINDER, help="after --: `voting load` and its arguments up to the rate and duration"
+    )
     args = parser.parse_args()
     swarm = Swarm(args.stack, args.nodes)
     if args.wait_converged is not None:
@@ -735,26 +1058,54 @@ def main() -> None:
     target = Run(swarm, Samplers(swarm), args.edge, tuple(args.hosts.split(",")))
 
     def load_command(duration: float) -> list[str]:
-        return [*load, "--rate", str(args.rate), "--duration", f"{duration}s", "--concurrency", "2000",
-                "--timeout", "5s", "--verify-timeout", "180s", "--json"]
+        return [
+            *load,
+            "--rate",
+            str(args.rate),
+            "--duration",
+            f"{duration}s",
+            "--concurrency",
+            "2000",
+            "--timeout",
+            "5s",
+            "--verify-timeout",
+            "180s",
+            "--json",
+        ]
 
     def whole_first(scenario: Scenario[Run]) -> None:
         # Each scenario starts from a whole stack: the previous one's recovery is its own.
         try:
-            wait_until(swarm.whole, 120, f"the stack to be whole before {scenario.name}", interval=1)
+            wait_until(swarm.require_whole, 120, f"the stack to be whole before {scenario.name}", interval=1)
         except TimeoutError:
             if not swarm.revive_stuck_nodes():
                 raise
-            wait_until(swarm.whole, 300, f"the stack to be whole before {scenario.name}", interval=1)
+            wait_until(swarm.require_whole, 300, f"the stack to be whole before {scenario.name}", interval=1)
 
     try:
-        rows = run_all(target, [with_split_brain_check(s) for s in chosen], load_command, args.duration,
-                       args.fault_at, RESULTS_DIR, before_each=whole_first, poll_interval=0.5)
+        rows = run_all(
+            target,
+            [with_split_brain_check(s) for s in chosen],
+            load_command,
+            args.duration,
+            args.fault_at,
+            RESULTS_DIR,
+            before_each=whole_first,
+            # Recovery is probed every 2 s, not faster: a probe of the whole stack is a dozen
+            # docker commands through two engines (one took 5.5 s of wall time, measured once
+            # here on a busy stack), paid for by the machine whose vote latency is being
+            # measured. Times to recover are then known to within 2 s.
+            poll_interval=2.0,
+        )
     finally:
         target.samplers.stop()
     if args.doc and len(chosen) == len(SCENARIOS):
-        write_doc(DOC, "chaos-swarm", rows, f"{args.rate:.0f} votes/s, {args.nodes} Docker-in-Docker nodes "
-                                            "(`scripts/e2e-swarm`)")
+        write_doc(
+            DOC,
+            "chaos-swarm",
+            rows,
+            f"{args.rate:.0f} votes/s, {args.nodes} Docker-in-Docker nodes (`scripts/e2e-swarm`)",
+        )
     sys.exit(summary("e2e-swarm", rows))
 
 

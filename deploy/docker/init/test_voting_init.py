@@ -6,41 +6,23 @@ files, and the role a Redis node takes. Runs the script with /bin/sh and a fake 
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 import tempfile
-import textwrap
 import unittest
 from pathlib import Path
+
+import yaml
 
 SCRIPT = Path(__file__).resolve().parent / "voting-init"
 DEPLOY = Path(__file__).resolve().parents[2]
 
-# A redis-cli that answers from the environment: FAKE_<host> is the master a Sentinel names in
-# SENTINEL master (FAKE_EPOCH_<host> its config-epoch, FAKE_SLAVES_<host> the replicas it
-# knows), FAKE_ROLE_<host> a node's role; no variable, no answer.
-FAKE_REDIS_CLI = textwrap.dedent("""\
-    #!/bin/sh
-    host=""
-    while [ $# -gt 0 ]; do
-        case "$1" in -h) host=$2; shift 2 ;; -p) shift 2 ;; --no-auth-warning) shift ;; *) break ;; esac
-    done
-    key=$(echo "$host" | tr 'a-z-' 'A-Z_')
-    [ "$REDISCLI_AUTH" = secret ] || { echo "NOAUTH"; exit 1; }
-    if [ "$1" = SENTINEL ] && [ "$2" = master ]; then
-        eval "answer=\\${FAKE_$key:-} slaves=\\${FAKE_SLAVES_$key:-0} epoch=\\${FAKE_EPOCH_$key:-0}"
-        [ -n "$answer" ] || exit 1
-        printf 'name\\r\\nvoting\\r\\nip\\r\\n%s\\r\\nport\\r\\n6379\\r\\nnum-slaves\\r\\n%s\\r\\n' "$answer" "$slaves"
-        printf 'config-epoch\\r\\n%s\\r\\nquorum\\r\\n2\\r\\n' "$epoch"
-    else
-        eval "role=\\${FAKE_ROLE_$key:-}"
-        [ -n "$role" ] || exit 1
-        printf '# Replication\\r\\nrole:%s\\r\\n' "$role"
-    fi
-""")
+# A redis-cli that answers as the test says, from the environment (see the file).
+FAKE_REDIS_CLI = Path(__file__).resolve().parent / "fake-redis-cli"
 
 # A redis-server that prints its arguments instead of running.
-FAKE_REDIS_SERVER = "#!/bin/sh\necho \"redis-server $*\"\n"
+FAKE_REDIS_SERVER = '#!/bin/sh\necho "redis-server $*"\n'
 
 
 class Tool(unittest.TestCase):
@@ -48,7 +30,7 @@ class Tool(unittest.TestCase):
         self.dir = Path(tempfile.mkdtemp())
         bin_dir = self.dir / "bin"
         bin_dir.mkdir()
-        for name, text in (("redis-cli", FAKE_REDIS_CLI), ("redis-server", FAKE_REDIS_SERVER)):
+        for name, text in (("redis-cli", FAKE_REDIS_CLI.read_text()), ("redis-server", FAKE_REDIS_SERVER)):
             (bin_dir / name).write_text(text)
             (bin_dir / name).chmod(0o755)
         self.env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
@@ -57,8 +39,9 @@ class Tool(unittest.TestCase):
         subprocess.run(["rm", "-rf", str(self.dir)], check=True)
 
     def run_init(self, *args: str, **env: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["sh", str(SCRIPT), *args], env={**self.env, **env}, text=True,
-                              capture_output=True, timeout=30)
+        return subprocess.run(
+            ["sh", str(SCRIPT), *args], env={**self.env, **env}, text=True, capture_output=True, timeout=30
+        )
 
 
 class Render(Tool):
@@ -89,29 +72,52 @@ class Render(Tool):
         result = self.run_init("render", f"{template}:{out}", "--", "cat", str(out), REDIS_PASSWORD_FILE=str(secret))
         self.assertEqual(result.stdout, "requirepass p@ss w'rd\n", result.stderr)
 
-    def test_every_placeholder_of_the_official_image_templates_is_known(self):
-        """The variables the stack sets for each template (deploy/swarm/stack.yml)."""
-        known = {
-            "redis/redis.conf": {"REDIS_PORT", "REDIS_PASSWORD", "REDIS_ANNOUNCE_HOST", "REDIS_DATA_DIR"},
-            "redis/sentinel.conf": {"SENTINEL_PORT", "REDIS_PASSWORD", "SENTINEL_ANNOUNCE_HOST",
-                                    "REDIS_MASTER_HOST", "REDIS_PORT"},
-            "haproxy/haproxy.cfg": {"REDIS_PORT", "REDIS_PASSWORD", "REDIS_1_HOST", "REDIS_2_HOST",
-                                    "REDIS_3_HOST", "HAPROXY_STATS_PORT"},
-            "traefik/traefik.yml": {"ACME_EMAIL", "ACME_STORAGE", "ACME_CA_SERVER", "ACME_CA_CERTIFICATES",
-                                    "TRAEFIK_DYNAMIC_DIR", "TRAEFIK_PING_PORT", "TRAEFIK_API_PORT"},
-            "traefik/dynamic/middlewares.yml": {"RATE_LIMIT_AVERAGE", "RATE_LIMIT_BURST"},
+    def test_every_placeholder_of_the_official_image_templates_is_set(self):
+        """By the stack, for the service that mounts the template (a variable or its *_FILE
+        secret), or by voting-init itself: a placeholder nobody sets stops the container."""
+        stack = yaml.safe_load((DEPLOY / "swarm" / "stack.yml").read_text())
+        configs = {name: (DEPLOY / "swarm" / config["file"]).resolve() for name, config in stack["configs"].items()}
+        # Set by voting-init before it renders (defaults, and what it works out).
+        own = {
+            "REDIS_PORT",
+            "SENTINEL_PORT",
+            "REDIS_DATA_DIR",
+            "REDIS_ANNOUNCE_HOST",
+            "SENTINEL_ANNOUNCE_HOST",
+            "REDIS_MASTER_HOST",
+            "TRAEFIK_DYNAMIC_DIR",
         }
-        for path, names in known.items():
-            found = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)\}", (DEPLOY / path).read_text()))
-            self.assertLessEqual(found, names, path)
+        script = SCRIPT.read_text()
+        for name in own:
+            self.assertRegex(script, rf"(export {name}\b|\$\{{{name}:=)", f"voting-init sets {name}")
+        templates = ["redis/redis.conf", "redis/sentinel.conf", "haproxy/haproxy.cfg", "traefik/traefik.yml"]
+        templates.append("traefik/dynamic/middlewares.yml")
+        for path in templates:
+            template = (DEPLOY / path).resolve()
+            users = [
+                s
+                for s in stack["services"].values()
+                if template in {configs[c["source"]] for c in s.get("configs", [])}
+            ]
+            with self.subTest(template=path):
+                self.assertTrue(users, "some service of the stack mounts it")
+                names = {variable.removesuffix("_FILE") for s in users for variable in s.get("environment", {})}
+                found = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)\}", template.read_text()))
+                # NAME_PASSWORD_SHA256: voting-init hashes every NAME_PASSWORD it is given.
+                found = {name.removesuffix("_SHA256") if name.endswith("_PASSWORD_SHA256") else name for name in found}
+                self.assertLessEqual(found, names | own)
 
     def test_templates_use_only_braced_placeholders(self):
-        # A bare `$NAME` is left as it is by the renderers here (voting-init, pgnode.py), while
+        # A bare `$NAME` is left as it is by the renderers here (voting-init, voting_common.py), while
         # envsubst, which an operator might reach for, would replace it: only `${NAME}` means
         # the same to all of them.
         bare = re.compile(r"\$(?!\{)[A-Za-z_]")
-        templates = sorted(p for d in ("redis", "haproxy", "postgres", "pgpool", "traefik")
-                           for p in (DEPLOY / d).rglob("*") if p.is_file())
+        templates = sorted(
+            p
+            for d in ("redis", "haproxy", "postgres", "pgpool", "traefik")
+            for p in (DEPLOY / d).rglob("*")
+            if p.is_file()
+        )
         self.assertTrue(templates, "no templates found")
         for path in templates:
             for number, line in enumerate(path.read_text().splitlines(), 1):
@@ -120,9 +126,18 @@ class Render(Tool):
 
 
 class RedisRole(Tool):
-    COMMON = {"REDIS_NODES": "redis-1,redis-2,redis-3", "SENTINELS": "sentinel-1,sentinel-2,sentinel-3",
-              "REDIS_PASSWORD": "secret", "DECIDE_TIMEOUT": "2",
-              "REDIS_TEMPLATE": str(DEPLOY / "redis" / "redis.conf")}
+    COMMON = {
+        "REDIS_NODES": "redis-1,redis-2,redis-3",
+        "SENTINELS": "sentinel-1,sentinel-2,sentinel-3",
+        "REDIS_CHECK_PASSWORD": "check-secret",
+        "SENTINEL_PASSWORD": "sentinel-secret",
+        "REDIS_PASSWORD": "operator-secret",
+        "REDIS_VOTE_PASSWORD": "vote-secret",
+        "REDIS_WORKER_PASSWORD": "worker-secret",
+        "REDIS_REPLICATION_PASSWORD": "replication-secret",
+        "DECIDE_TIMEOUT": "2",
+        "REDIS_TEMPLATE": str(DEPLOY / "redis" / "redis.conf"),
+    }
 
     def start(self, node: str, **answers: str) -> subprocess.CompletedProcess:
         data = self.dir / "data"
@@ -141,15 +156,25 @@ class RedisRole(Tool):
         # A node that was frozen or cut off comes back while the Sentinels still name a node
         # that has turned replica (of this one, say): following it could close a loop with
         # no master. It waits for the Sentinels' failover instead.
-        result = self.start("redis-1", FAKE_SENTINEL_1="redis-3", FAKE_SENTINEL_2="redis-3",
-                            FAKE_ROLE_REDIS_3="slave", FAKE_ROLE_REDIS_2="slave")
+        result = self.start(
+            "redis-1",
+            FAKE_SENTINEL_1="redis-3",
+            FAKE_SENTINEL_2="redis-3",
+            FAKE_ROLE_REDIS_3="slave",
+            FAKE_ROLE_REDIS_2="slave",
+        )
         self.assertNotEqual(result.returncode, 0)
         self.assertNotIn("redis-server", result.stdout)
         self.assertIn("answers as a replica", result.stderr)
 
     def test_a_dead_master_never_restarts_as_master_while_a_replica_can_take_over(self):
-        result = self.start("redis-1", FAKE_SENTINEL_1="redis-1", FAKE_SENTINEL_2="redis-1",
-                            FAKE_SLAVES_SENTINEL_1="2", FAKE_ROLE_REDIS_2="slave")
+        result = self.start(
+            "redis-1",
+            FAKE_SENTINEL_1="redis-1",
+            FAKE_SENTINEL_2="redis-1",
+            FAKE_SLAVES_SENTINEL_1="2",
+            FAKE_ROLE_REDIS_2="slave",
+        )
         self.assertNotEqual(result.returncode, 0)
         self.assertNotIn("redis-server", result.stdout)
         self.assertIn("no decision", result.stderr)
@@ -157,9 +182,15 @@ class RedisRole(Tool):
     def test_the_initial_master_starts_when_the_sentinels_never_saw_a_replica(self):
         # A fresh deployment where the Sentinels and replicas came up first: no failover can
         # happen, so waiting for one would wait forever.
-        result = self.start("redis-1", FAKE_SENTINEL_1="redis-1", FAKE_SENTINEL_2="redis-1",
-                            FAKE_SENTINEL_3="redis-1", FAKE_SLAVES_SENTINEL_1="0",
-                            FAKE_ROLE_REDIS_2="slave", FAKE_ROLE_REDIS_3="slave")
+        result = self.start(
+            "redis-1",
+            FAKE_SENTINEL_1="redis-1",
+            FAKE_SENTINEL_2="redis-1",
+            FAKE_SENTINEL_3="redis-1",
+            FAKE_SLAVES_SENTINEL_1="0",
+            FAKE_ROLE_REDIS_2="slave",
+            FAKE_ROLE_REDIS_3="slave",
+        )
         self.assertIn("--replicaof no one", result.stdout, result.stderr)
 
     def test_the_named_master_restarts_as_master_when_no_replica_answers(self):
@@ -186,27 +217,62 @@ class RedisRole(Tool):
         self.start("redis-2")
         conf = (self.dir / "data" / "redis.conf").read_text()
         self.assertIn("replica-announce-ip redis-2", conf)
-        self.assertIn("requirepass secret", conf)
+        # Users with hashed passwords; only the one this node itself sends is in clear.
+        vote = hashlib.sha256(b"vote-secret").hexdigest()
+        self.assertIn(f"user vote on #{vote} ", conf)
+        operator = hashlib.sha256(b"operator-secret").hexdigest()
+        self.assertIn(f"user default on #{operator} ", conf)
+        self.assertIn("masterauth replication-secret", conf)
+        for password in ("operator-secret", "vote-secret", "worker-secret", "check-secret", "sentinel-secret"):
+            self.assertNotIn(password, conf)
+
+    def test_a_node_without_every_users_password_does_not_start(self):
+        result = self.run_init(
+            "redis",
+            REDIS_NODE="redis-1",
+            REDIS_DATA_DIR=str(self.dir),
+            **{k: v for k, v in self.COMMON.items() if k != "REDIS_WORKER_PASSWORD"},
+        )
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("REDIS_WORKER_PASSWORD (or REDIS_WORKER_PASSWORD_FILE) is required", result.stderr)
 
     def test_the_newest_configuration_outranks_a_majority_of_stale_sentinels(self):
         # Two Sentinels restarted (or were away) and name the old master under an old epoch;
         # the one that saw the last failover names the new master under a newer epoch.
-        result = self.start("redis-1", FAKE_SENTINEL_1="redis-1", FAKE_SENTINEL_3="redis-1",
-                            FAKE_SENTINEL_2="redis-2", FAKE_EPOCH_SENTINEL_2="3",
-                            FAKE_EPOCH_SENTINEL_1="1", FAKE_EPOCH_SENTINEL_3="1", FAKE_ROLE_REDIS_2="master")
+        result = self.start(
+            "redis-1",
+            FAKE_SENTINEL_1="redis-1",
+            FAKE_SENTINEL_3="redis-1",
+            FAKE_SENTINEL_2="redis-2",
+            FAKE_EPOCH_SENTINEL_2="3",
+            FAKE_EPOCH_SENTINEL_1="1",
+            FAKE_EPOCH_SENTINEL_3="1",
+            FAKE_ROLE_REDIS_2="master",
+        )
         self.assertIn("--replicaof redis-2 6379", result.stdout, result.stderr)
 
     def test_sentinels_of_the_newest_epoch_that_disagree_get_no_guess(self):
-        result = self.start("redis-3", FAKE_SENTINEL_1="redis-1", FAKE_SENTINEL_2="redis-2",
-                            FAKE_EPOCH_SENTINEL_1="4", FAKE_EPOCH_SENTINEL_2="4")
+        result = self.start(
+            "redis-3",
+            FAKE_SENTINEL_1="redis-1",
+            FAKE_SENTINEL_2="redis-2",
+            FAKE_EPOCH_SENTINEL_1="4",
+            FAKE_EPOCH_SENTINEL_2="4",
+        )
         self.assertNotEqual(result.returncode, 0)
         self.assertNotIn("redis-server", result.stdout)
 
     def sentinel(self, **answers: str) -> tuple[subprocess.CompletedProcess, Path]:
         data = self.dir / "data"
         data.mkdir(exist_ok=True)
-        result = self.run_init("sentinel", SENTINEL_NODE="sentinel-1", REDIS_DATA_DIR=str(data),
-                               SENTINEL_TEMPLATE=str(DEPLOY / "redis" / "sentinel.conf"), **self.COMMON, **answers)
+        result = self.run_init(
+            "sentinel",
+            SENTINEL_NODE="sentinel-1",
+            REDIS_DATA_DIR=str(data),
+            SENTINEL_TEMPLATE=str(DEPLOY / "redis" / "sentinel.conf"),
+            **self.COMMON,
+            **answers,
+        )
         return result, data / "sentinel.conf"
 
     def test_a_sentinel_monitors_the_master_the_others_name(self):
@@ -216,8 +282,9 @@ class RedisRole(Tool):
 
     def test_a_sentinel_adopts_the_one_answering_sentinels_view(self):
         # The other two restarted with it (their node came back) and do not answer yet.
-        result, conf = self.sentinel(FAKE_SENTINEL_2="redis-2", FAKE_EPOCH_SENTINEL_2="3",
-                                     FAKE_ROLE_REDIS_1="slave", FAKE_ROLE_REDIS_2="master")
+        result, conf = self.sentinel(
+            FAKE_SENTINEL_2="redis-2", FAKE_EPOCH_SENTINEL_2="3", FAKE_ROLE_REDIS_1="slave", FAKE_ROLE_REDIS_2="master"
+        )
         self.assertIn("--sentinel", result.stdout, result.stderr)
         self.assertIn("sentinel monitor voting redis-2 6379 2", conf.read_text())
 
@@ -237,23 +304,35 @@ class RedisRole(Tool):
 class Traefik(Tool):
     def test_the_providers_block_goes_under_providers(self):
         bin_dir = self.dir / "bin"
-        (bin_dir / "traefik").write_text("#!/bin/sh\necho \"traefik $*\"\n")
+        (bin_dir / "traefik").write_text('#!/bin/sh\necho "traefik $*"\n')
         (bin_dir / "traefik").chmod(0o755)
         providers = self.dir / "providers.yml"
-        providers.write_text("  swarm:\n    endpoint: \"${SWARM_ENDPOINT}\"\n")
+        providers.write_text('  swarm:\n    endpoint: "${SWARM_ENDPOINT}"\n')
         run = self.dir / "run"
         result = self.run_init(
-            "traefik", TRAEFIK_TEMPLATE=str(DEPLOY / "traefik" / "traefik.yml"),
-            TRAEFIK_TEMPLATE_DYNAMIC_DIR=str(DEPLOY / "traefik" / "dynamic"), TRAEFIK_RUN_DIR=str(run),
-            TRAEFIK_PROVIDERS=str(providers), SWARM_ENDPOINT="tcp://socket-proxy:2375",
-            ACME_EMAIL="a@b.c", ACME_STORAGE=str(self.dir / "acme" / "acme.json"), ACME_CA_SERVER="https://ca/dir",
-            ACME_CA_CERTIFICATES="/etc/ssl/certs/ca-certificates.crt", TRAEFIK_PING_PORT="8090",
-            TRAEFIK_API_PORT="8091", RATE_LIMIT_AVERAGE="100", RATE_LIMIT_BURST="200",
-            VOTE_HOST="v", RESULT_HOST="r", VOTE_SERVERS="[]", RESULT_SERVERS="[]")
+            "traefik",
+            TRAEFIK_TEMPLATE=str(DEPLOY / "traefik" / "traefik.yml"),
+            TRAEFIK_TEMPLATE_DYNAMIC_DIR=str(DEPLOY / "traefik" / "dynamic"),
+            TRAEFIK_RUN_DIR=str(run),
+            TRAEFIK_PROVIDERS=str(providers),
+            SWARM_ENDPOINT="tcp://socket-proxy:2375",
+            ACME_EMAIL="a@b.c",
+            ACME_STORAGE=str(self.dir / "acme" / "acme.json"),
+            ACME_CA_SERVER="https://ca/dir",
+            ACME_CA_CERTIFICATES="/etc/ssl/certs/ca-certificates.crt",
+            TRAEFIK_PING_PORT="8090",
+            TRAEFIK_API_PORT="8091",
+            RATE_LIMIT_AVERAGE="100",
+            RATE_LIMIT_BURST="200",
+            VOTE_HOST="v",
+            RESULT_HOST="r",
+            VOTE_SERVERS="[]",
+            RESULT_SERVERS="[]",
+        )
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn(f"--configFile={run}/traefik.yml", result.stdout)
         text = (run / "traefik.yml").read_text()
-        self.assertIn("providers:\n  swarm:\n    endpoint: \"tcp://socket-proxy:2375\"\n  file:", text)
+        self.assertIn('providers:\n  swarm:\n    endpoint: "tcp://socket-proxy:2375"\n  file:', text)
         self.assertTrue((run / "dynamic" / "middlewares.yml").exists())
 
 

@@ -8,14 +8,17 @@ saw), finds the primary by asking the nodes, and detaches the ones its health ch
 
 Configuration (environment; every `*_PASSWORD` also as `*_PASSWORD_FILE`, a Docker secret):
   NODES                    the PostgreSQL nodes' names (host name = repmgr node_name), in order
-  DATABASE, DATABASE_USER  the application's database and role
-  DATABASE_PASSWORD        the application role's password (clients authenticate with SCRAM)
-  POSTGRES_PASSWORD        the superuser's: Pgpool-II's health and replication checks use it
+  DATABASE, DATABASE_USER  the application's database and the role owning it (the migrate job's)
+  DATABASE_PASSWORD        the owning role's password (clients authenticate with SCRAM)
+  DATABASE_WORKER_PASSWORD the worker's role's (voting_worker)
+  DATABASE_RESULT_PASSWORD the result service's role's (voting_result)
+  PGPOOL_CHECK_PASSWORD    the role of Pgpool-II's health and replication checks (pgpool_check)
   CLUSTER_SUBNET           pool_hba.conf's client address (default `samenet`)
   TEMPLATE_DIR             deploy/pgpool/ as mounted (default /etc/voting/pgpool)
   RUN_DIR                  rendered files, sockets, pid and status (default /run/voting-pgpool)
 
-Only modules of python3-minimal are imported. Unit tests: test_pgpool_entry.py.
+Templates and secrets are read as voting_common (deploy/docker/common) reads them. Only modules
+of python3-minimal are imported. Unit tests: test_pgpool_entry.py.
 """
 
 from __future__ import annotations
@@ -23,43 +26,20 @@ from __future__ import annotations
 import hashlib
 import os
 import pwd
-import re
 import sys
-from typing import Mapping
+from collections.abc import Mapping
+
+from voting_common import render_file, required, secret
 
 SERVICE_USER = "postgres"
 PGPOOL = "/usr/sbin/pgpool"
 
-_PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 
-
-def render_text(text: str, values: Mapping[str, object], source: str = "<text>") -> str:
-    """`${NAME}` placeholders, nothing else; a placeholder without a value is an error."""
-    missing = sorted({name for name in _PLACEHOLDER.findall(text) if name not in values})
-    if missing:
-        raise KeyError(f"{source}: no value for {', '.join(missing)}")
-    return _PLACEHOLDER.sub(lambda match: str(values[match.group(1)]), text)
-
-
-def secret(env: Mapping[str, str], name: str) -> str:
-    """NAME, or the content of the file NAME_FILE names (which wins), without the trailing newline."""
-    path = env.get(f"{name}_FILE")
-    if path:
-        with open(path, encoding="utf-8") as file:
-            value = file.read().rstrip("\r\n")
-    else:
-        value = env.get(name, "")
-    if not value:
-        raise ValueError(f"{name} (or {name}_FILE) is required")
+def password(env: Mapping[str, str], name: str) -> str:
+    """The secret NAME (voting_common.secret), refused if it holds a line break."""
+    value = secret(env, name)
     if "\n" in value or "\r" in value:
         raise ValueError(f"{name} holds a line break: pool_passwd is one line per user")
-    return value
-
-
-def required(env: Mapping[str, str], name: str) -> str:
-    value = env.get(name, "").strip()
-    if not value:
-        raise ValueError(f"{name} is required")
     return value
 
 
@@ -103,19 +83,31 @@ def files(env: Mapping[str, str]) -> dict[str, str]:
     values = template_values(env)
     rendered = {}
     for name in ("pgpool.conf", "pool_hba.conf"):
-        with open(os.path.join(template_dir, name), encoding="utf-8") as file:
-            rendered[name] = render_text(file.read(), values, name)
-    rendered["pool_passwd"] = pool_passwd({
-        str(values["DATABASE_USER"]): secret(env, "DATABASE_PASSWORD"),
-        "postgres": secret(env, "POSTGRES_PASSWORD"),
-    })
+        rendered[name] = render_file(os.path.join(template_dir, name), values)
+    rendered["pool_passwd"] = pool_passwd(
+        {
+            str(values["DATABASE_USER"]): password(env, "DATABASE_PASSWORD"),
+            "voting_worker": password(env, "DATABASE_WORKER_PASSWORD"),
+            "voting_result": password(env, "DATABASE_RESULT_PASSWORD"),
+            "pgpool_check": password(env, "PGPOOL_CHECK_PASSWORD"),
+        }
+    )
     rendered["pcp.conf"] = pcp_conf(os.urandom(16).hex())
     return rendered
 
 
 def command(directory: str) -> list[str]:
-    return [PGPOOL, "-n", "-D", "-f", os.path.join(directory, "pgpool.conf"),
-            "-a", os.path.join(directory, "pool_hba.conf"), "-F", os.path.join(directory, "pcp.conf")]
+    return [
+        PGPOOL,
+        "-n",
+        "-D",
+        "-f",
+        os.path.join(directory, "pgpool.conf"),
+        "-a",
+        os.path.join(directory, "pool_hba.conf"),
+        "-F",
+        os.path.join(directory, "pcp.conf"),
+    ]
 
 
 def main() -> int:

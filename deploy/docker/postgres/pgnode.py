@@ -4,16 +4,19 @@
 A node decides what it is from what it holds and what the other nodes say, asked over the
 network each time it starts:
 
-| its data directory | the other nodes                                  | it                         |
-|--------------------|--------------------------------------------------|----------------------------|
-| empty              | one of them is primary                           | clones it, registers as standby |
-| empty              | none answers, and this is the initial primary    | initialises the cluster    |
-| empty              | anything else                                    | waits                      |
-| holds data         | one of them is primary                           | `repmgr node rejoin --force-rewind` onto it: a standby again, whatever it was before |
-|                    |                                                  | (a fresh clone of it instead if this was a primary that was killed, or if the rejoin fails while the primary answers) |
-| holds data, was a standby | no primary                                | starts as a standby (repmgrd picks a primary) |
-| holds data, was primary   | no primary; a majority of the nodes (itself included) answer, none names another primary, and the grace period is over | starts as primary (a cold start of the whole cluster) |
-| holds data, was primary   | anything else                             | waits                      |
+- Its data directory is empty:
+  - one of the others is primary: it clones that one and registers as a standby;
+  - none answers, and this is the initial primary: it initialises the cluster;
+  - anything else: it waits.
+- Its data directory holds data:
+  - one of the others is primary: `repmgr node rejoin --force-rewind` onto it, a standby again
+    whatever it was before (a fresh clone of it instead if this was a primary that was killed,
+    or if the rejoin fails while the primary answers);
+  - it was a standby, and no primary answers: it starts as a standby (repmgrd picks a primary);
+  - it was primary, no primary answers, a majority of the nodes (itself included) answer, none
+    names another primary, and the grace period is over: it starts as primary (a cold start of
+    the whole cluster);
+  - it was primary, anything else: it waits.
 
 So a killed primary that Swarm restarts never comes back as a second primary: by then repmgrd
 has promoted a standby (it decides after 3 x 1 s), the restarted node sees it and rejoins; if
@@ -45,10 +48,14 @@ Configuration (environment; every `*_PASSWORD` also as `*_PASSWORD_FILE`, a Dock
                            and application_name (synchronous_standby_names, Pgpool-II)
   NODES                    every node's name, comma-separated, in node-id order (pg-1,pg-2,pg-3)
   INITIAL_PRIMARY          the node that initialises an empty cluster (default: the first)
-  DATABASE, DATABASE_USER  the application's database and role (created at initialisation)
-  POSTGRES_PASSWORD        the `postgres` superuser's (Pgpool-II's checks use it)
+  DATABASE, DATABASE_USER  the application's database and the role owning it (the migrate
+                           job's); created at initialisation, with the roles below
   REPMGR_PASSWORD          repmgr's (replication, clone, rewind)
-  DATABASE_PASSWORD        the application role's
+  DATABASE_PASSWORD        the owning role's
+  DATABASE_WORKER_PASSWORD the worker's role's (voting_worker; `voting migrate` grants it
+                           what it needs: crates/voting-core/migrations/postgres-service-roles.sql)
+  DATABASE_RESULT_PASSWORD the result service's role's (voting_result, likewise)
+  PGPOOL_CHECK_PASSWORD    Pgpool-II's checks' role's (pgpool_check, a member of pg_monitor)
   CLUSTER_SUBNET           pg_hba.conf's client address (default `samenet`: the networks this
                            container is attached to)
   TEMPLATE_DIR             deploy/postgres/ as mounted (default /etc/voting/postgres)
@@ -58,11 +65,14 @@ Configuration (environment; every `*_PASSWORD` also as `*_PASSWORD_FILE`, a Dock
                            as primary again (default 15)
   DECIDE_TIMEOUT_SECONDS   how long to wait for a decision before giving up (default 600)
 
-Only modules of python3-minimal are imported: the image installs nothing more.
+Templates and secrets are read as voting_common (deploy/docker/common) reads them. Only modules
+of python3-minimal are imported: the image installs nothing more.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import pwd
 import re
@@ -71,7 +81,10 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Callable, Mapping, NamedTuple, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
+
+from voting_common import render_file, required, secret
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 PORT = 5432
@@ -91,10 +104,10 @@ class Peer(NamedTuple):
     name: str
     state: str
     # The primary named by the node's repmgr metadata (repmgr.nodes), when it could be read.
-    recorded_primary: Optional[str] = None
+    recorded_primary: str | None = None
     # The timeline it writes (a primary) or last checkpointed (a standby); each promotion
     # starts a newer one.
-    timeline: Optional[int] = None
+    timeline: int | None = None
 
 
 class Local(NamedTuple):
@@ -109,7 +122,7 @@ class Local(NamedTuple):
 class Decision(NamedTuple):
     action: str  # one of the constants below
     reason: str
-    primary: Optional[str] = None  # the node to clone from or rejoin
+    primary: str | None = None  # the node to clone from or rejoin
 
 
 INIT_PRIMARY = "init-primary"
@@ -128,8 +141,11 @@ def decide(local: Local, peers: Sequence[Peer], waited: float, grace: float) -> 
     """What `local` does next, given what `peers` answered and how long it has waited so far."""
     primaries = sorted(peer.name for peer in peers if peer.state == PRIMARY)
     if len(primaries) > 1:
-        return Decision(WAIT, f"several nodes say they are primary ({', '.join(primaries)}): "
-                              "waiting for an operator or repmgrd to leave one")
+        return Decision(
+            WAIT,
+            f"several nodes say they are primary ({', '.join(primaries)}): "
+            "waiting for an operator or repmgrd to leave one",
+        )
     if primaries:
         primary = primaries[0]
         if not local.has_data:
@@ -144,49 +160,50 @@ def decide(local: Local, peers: Sequence[Peer], waited: float, grace: float) -> 
     if not local.was_primary:
         return Decision(START_STANDBY, "no primary answers: starting as a standby, repmgrd elects one")
 
-    others = sorted({peer.recorded_primary for peer in peers
-                     if peer.recorded_primary and peer.recorded_primary != local.name})
+    others = sorted(
+        {peer.recorded_primary for peer in peers if peer.recorded_primary and peer.recorded_primary != local.name}
+    )
     if others:
-        return Decision(WAIT, f"this node was primary, but {', '.join(others)} is the primary on record: "
-                              "waiting for it to come back")
+        return Decision(
+            WAIT,
+            f"this node was primary, but {', '.join(others)} is the primary on record: waiting for it to come back",
+        )
     agreeing = sum(1 for peer in peers if peer.state == STANDBY and peer.recorded_primary == local.name)
     needed = majority(len(peers) + 1)
     if 1 + agreeing < needed:
-        return Decision(WAIT, f"this node was primary; {1 + agreeing} of the {needed} nodes needed "
-                              "to start it as primary again answer")
+        return Decision(
+            WAIT,
+            f"this node was primary; {1 + agreeing} of the {needed} nodes needed to start it as primary again answer",
+        )
     if waited < grace:
-        return Decision(WAIT, f"this node was primary; giving repmgrd {grace - waited:.0f} s more "
-                              "to promote a standby before starting as primary")
-    return Decision(START_PRIMARY, f"this node was primary and {1 + agreeing} nodes agree: "
-                                   "nobody was promoted in its absence")
+        return Decision(
+            WAIT,
+            f"this node was primary; giving repmgrd {grace - waited:.0f} s more "
+            "to promote a standby before starting as primary",
+        )
+    return Decision(
+        START_PRIMARY, f"this node was primary and {1 + agreeing} nodes agree: nobody was promoted in its absence"
+    )
 
 
-def superseded_by(local_timeline: Optional[int], peers: Sequence[Peer]) -> Optional[str]:
+def superseded_by(local_timeline: int | None, peers: Sequence[Peer]) -> str | None:
     """The primary promoted after this one (on a newer timeline than `local_timeline`, this
     running primary's), newest first, or None: a former primary that resumed after a failover
     steps down for it. An unknown timeline, here or there, supersedes nothing."""
     if local_timeline is None:
         return None
-    newer = [peer for peer in peers
-             if peer.state == PRIMARY and peer.timeline is not None and peer.timeline > local_timeline]
-    return max(newer, key=lambda peer: peer.timeline).name if newer else None
+    newer = [
+        (peer.timeline, peer.name)
+        for peer in peers
+        if peer.state == PRIMARY and peer.timeline is not None and peer.timeline > local_timeline
+    ]
+    return max(newer, key=lambda timeline_and_name: timeline_and_name[0])[1] if newer else None
 
 
 # -- pure helpers -------------------------------------------------------------------------
 
-_PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 
-
-def render_text(text: str, values: Mapping[str, object], source: str = "<text>") -> str:
-    """`${NAME}` placeholders, nothing else, as voting-init renders them; a
-    placeholder without a value is an error, never an empty string."""
-    missing = sorted({name for name in _PLACEHOLDER.findall(text) if name not in values})
-    if missing:
-        raise KeyError(f"{source}: no value for {', '.join(missing)}")
-    return _PLACEHOLDER.sub(lambda match: str(values[match.group(1)]), text)
-
-
-def parse_probe(output: str) -> tuple[str, Optional[str], Optional[int]]:
+def parse_probe(output: str) -> tuple[str, str | None, int | None]:
     """psql -At output of PROBE_QUERY: (state, recorded primary, timeline)."""
     fields = output.strip().split("|")
     if len(fields) != 3 or fields[0] not in ("t", "f"):
@@ -197,11 +214,15 @@ def parse_probe(output: str) -> tuple[str, Optional[str], Optional[int]]:
 
 # A primary's timeline is that of the WAL it writes now (its checkpoint's may still be the one
 # before a promotion); a standby's, that of its last restartpoint.
-TIMELINE_QUERY = ("SELECT CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint()) "
-                  "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END")
-PROBE_QUERY = ("SELECT pg_is_in_recovery(), "
-               "(SELECT node_name FROM repmgr.nodes WHERE type = 'primary' AND active ORDER BY node_id LIMIT 1), "
-               f"({TIMELINE_QUERY})")
+TIMELINE_QUERY = (
+    "SELECT CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint()) "
+    "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END"
+)
+PROBE_QUERY = (
+    "SELECT pg_is_in_recovery(), "
+    "(SELECT node_name FROM repmgr.nodes WHERE type = 'primary' AND active ORDER BY node_id LIMIT 1), "
+    f"({TIMELINE_QUERY})"
+)
 
 
 def cluster_state(controldata: str) -> str:
@@ -228,18 +249,59 @@ def sql_identifier(value: str) -> str:
 def pgpass_line(host: str, database: str, user: str, password: str) -> str:
     def field(value: str) -> str:
         return value.replace("\\", "\\\\").replace(":", "\\:")
+
     return ":".join([field(host), "*", field(database), field(user), field(password)])
 
 
-def bootstrap_sql(database: str, user: str, repmgr_password: str, database_password: str) -> str:
-    """Roles and databases of a new cluster (the postgres password is set by initdb)."""
-    return "\n".join([
-        f"CREATE ROLE repmgr LOGIN SUPERUSER REPLICATION PASSWORD {sql_literal(repmgr_password)};",
-        "CREATE DATABASE repmgr OWNER repmgr;",
-        f"CREATE ROLE {sql_identifier(user)} LOGIN PASSWORD {sql_literal(database_password)};",
-        f"CREATE DATABASE {sql_identifier(database)} OWNER {sql_identifier(user)};",
-        "",
-    ])
+# The services' own roles. `voting migrate` grants them their privileges by these names
+# (crates/voting-core/migrations/postgres-service-roles.sql), and pg_hba.conf, pool_hba.conf and
+# pgpool.conf name them too.
+WORKER_ROLE = "voting_worker"
+RESULT_ROLE = "voting_result"
+CHECK_ROLE = "pgpool_check"
+
+
+def bootstrap_sql(settings: Settings) -> str:
+    """Roles and databases of a new cluster. `postgres` has no password: the superuser logs in
+    over the local socket only (peer)."""
+    s = settings
+    return "\n".join(
+        [
+            f"CREATE ROLE repmgr LOGIN SUPERUSER REPLICATION PASSWORD {sql_literal(s.repmgr_password)};",
+            "CREATE DATABASE repmgr OWNER repmgr;",
+            f"CREATE ROLE {sql_identifier(s.database_user)} LOGIN;",
+            f"CREATE DATABASE {sql_identifier(s.database)} OWNER {sql_identifier(s.database_user)};",
+            service_roles_sql(s),
+        ]
+    )
+
+
+def service_roles_sql(settings: Settings) -> str:
+    """The application's roles as the secrets say, whatever the cluster had: made if missing (a
+    cluster from before they existed), their passwords set (a secret that changed). Only the
+    owner (the migrate job's role) may change the schema; the worker and the result service
+    connect with roles of their own, and Pgpool-II's checks with one that may read the
+    monitoring views and not open the application's database."""
+    s = settings
+    database, owner = sql_identifier(s.database), sql_identifier(s.database_user)
+    passwords = {WORKER_ROLE: s.worker_password, RESULT_ROLE: s.result_password, CHECK_ROLE: s.check_password}
+    missing = "".join(
+        f"    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {sql_literal(role)}) THEN\n"
+        f"        CREATE ROLE {role};\n"
+        "    END IF;\n"
+        for role in passwords
+    )
+    return "\n".join(
+        [
+            f"DO $$\nBEGIN\n{missing}END\n$$;",
+            f"ALTER ROLE {owner} LOGIN PASSWORD {sql_literal(s.database_password)};",
+            *(f"ALTER ROLE {role} LOGIN PASSWORD {sql_literal(password)};" for role, password in passwords.items()),
+            f"GRANT pg_monitor TO {CHECK_ROLE};",
+            f"REVOKE ALL ON DATABASE {database} FROM PUBLIC;",
+            f"GRANT CONNECT ON DATABASE {database} TO {WORKER_ROLE}, {RESULT_ROLE};",
+            "",
+        ]
+    )
 
 
 class Settings(NamedTuple):
@@ -249,9 +311,11 @@ class Settings(NamedTuple):
     initial_primary: str
     database: str
     database_user: str
-    postgres_password: str
     repmgr_password: str
     database_password: str
+    worker_password: str
+    result_password: str
+    check_password: str
     cluster_subnet: str
     template_dir: str
     data_dir: str
@@ -259,6 +323,10 @@ class Settings(NamedTuple):
     socket_dir: str
     primary_grace: float
     decide_timeout: float
+
+    def node_id_of(self, name: str) -> int:
+        """repmgr's id of the node `name`: NODES is in node-id order."""
+        return self.nodes.index(name) + 1
 
     @property
     def peers(self) -> tuple[str, ...]:
@@ -273,46 +341,31 @@ class Settings(NamedTuple):
         return os.path.join(self.run_dir, "pgpass")
 
 
-def secret(env: Mapping[str, str], name: str) -> str:
-    """NAME, or the content of the file NAME_FILE names (which wins), without the trailing newline."""
-    path = env.get(f"{name}_FILE")
-    if path:
-        with open(path, encoding="utf-8") as file:
-            value = file.read().rstrip("\r\n")
-    else:
-        value = env.get(name, "")
-    if not value:
-        raise ValueError(f"{name} (or {name}_FILE) is required")
-    return value
-
-
 def settings_from(env: Mapping[str, str]) -> Settings:
-    def required(name: str) -> str:
-        value = env.get(name, "").strip()
-        if not value:
-            raise ValueError(f"{name} is required")
-        return value
-
-    nodes = tuple(node.strip() for node in required("NODES").split(",") if node.strip())
-    name = required("NODE_NAME")
+    nodes = tuple(node.strip() for node in required(env, "NODES").split(",") if node.strip())
+    name = required(env, "NODE_NAME")
     if name not in nodes:
         raise ValueError(f"NODE_NAME {name!r} is not one of NODES ({', '.join(nodes)})")
     if len(nodes) != 3:
         # postgresql.conf's synchronous_standby_names and pgpool.conf name exactly three nodes.
         raise ValueError(f"NODES names {len(nodes)} nodes; the configuration templates are for 3")
+    if required(env, "NODE_ID") != str(nodes.index(name) + 1):
+        raise ValueError(f"NODE_ID of {name} is not its place in NODES ({', '.join(nodes)}), counted from 1")
     initial = env.get("INITIAL_PRIMARY", "").strip() or nodes[0]
     if initial not in nodes:
         raise ValueError(f"INITIAL_PRIMARY {initial!r} is not one of NODES")
     return Settings(
-        node_id=int(required("NODE_ID")),
+        node_id=int(required(env, "NODE_ID")),
         name=name,
         nodes=nodes,
         initial_primary=initial,
-        database=required("DATABASE"),
-        database_user=required("DATABASE_USER"),
-        postgres_password=secret(env, "POSTGRES_PASSWORD"),
+        database=required(env, "DATABASE"),
+        database_user=required(env, "DATABASE_USER"),
         repmgr_password=secret(env, "REPMGR_PASSWORD"),
         database_password=secret(env, "DATABASE_PASSWORD"),
+        worker_password=secret(env, "DATABASE_WORKER_PASSWORD"),
+        result_password=secret(env, "DATABASE_RESULT_PASSWORD"),
+        check_password=secret(env, "PGPOOL_CHECK_PASSWORD"),
         cluster_subnet=env.get("CLUSTER_SUBNET", "").strip() or "samenet",
         template_dir=env.get("TEMPLATE_DIR", "/etc/voting/postgres"),
         data_dir=env.get("PGDATA", "/var/lib/postgresql/data/pgdata"),
@@ -358,6 +411,7 @@ def data_dir_postgresql_conf(run_dir: str) -> str:
 
 # -- carrying it out ----------------------------------------------------------------------
 
+
 def log(message: str) -> None:
     print(f"pgnode: {message}", file=sys.stderr, flush=True)
 
@@ -382,22 +436,21 @@ class Node:
         # pg_ctl -l /dev/stderr reopens the container's standard error as postgres: hand the
         # pipes over, as runc does for a container that starts as a non-root user.
         for fd in (1, 2):
-            try:
+            # A terminal or file we may not own: the server log then goes nowhere new.
+            with contextlib.suppress(OSError):
                 os.fchown(fd, account.pw_uid, account.pw_gid)
-            except OSError:
-                pass  # a terminal or file we may not own: the server log then goes nowhere new
         values = template_values(s)
         for name in ("postgresql.conf", "pg_hba.conf", "repmgr.conf"):
-            with open(os.path.join(s.template_dir, name), encoding="utf-8") as file:
-                text = render_text(file.read(), values, name)
+            text = render_file(os.path.join(s.template_dir, name), values)
             self._write(os.path.join(s.run_dir, name), text, account)
-        passwords = "".join(line + "\n" for line in (
-            pgpass_line("*", "repmgr", "repmgr", s.repmgr_password),
-            pgpass_line("*", "replication", "repmgr", s.repmgr_password),
-            pgpass_line("*", "*", "postgres", s.postgres_password),
-        ))
+        passwords = "".join(
+            line + "\n"
+            for line in (
+                pgpass_line("*", "repmgr", "repmgr", s.repmgr_password),
+                pgpass_line("*", "replication", "repmgr", s.repmgr_password),
+            )
+        )
         self._write(s.passfile, passwords, account)
-        self._write(os.path.join(s.run_dir, "postgres-password"), s.postgres_password + "\n", account)
 
     @staticmethod
     def _write(path: str, text: str, account: pwd.struct_passwd) -> None:
@@ -405,6 +458,22 @@ class Node:
             file.write(text)
         os.chmod(path, 0o600)
         os.chown(path, account.pw_uid, account.pw_gid)
+
+    def hold_volume(self) -> int:
+        """Waits until no other container's entrypoint holds this node's volume, then holds it
+        until this process ends (the kernel lets go of it then, however it ends). Swarm may start
+        a node's new task before the old one has stopped: seen when the managers had counted an
+        overloaded node as down and it came back. Two entrypoints on one data directory clone
+        and wipe it under each other's running server."""
+        path = os.path.join(os.path.dirname(self.settings.data_dir), ".pgnode.lock")
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # not inherited by children
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log("another container of this node still holds its volume: waiting for it to stop")
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            log("the volume is this container's now")
+        return descriptor
 
     @staticmethod
     def drop_privileges() -> None:
@@ -428,8 +497,12 @@ class Node:
             socket.create_connection((host, PORT), timeout=2).close()
         except OSError:
             return Peer(host, UNREACHABLE)
-        answer = self._run([f"{PG_BIN}/psql", "-X", "-At", "-d", self._conninfo(host), "-c", PROBE_QUERY],
-                           check=False, quiet=True, timeout=10)
+        answer = self._run(
+            [f"{PG_BIN}/psql", "-X", "-At", "-d", self._conninfo(host), "-c", PROBE_QUERY],
+            check=False,
+            quiet=True,
+            timeout=10,
+        )
         if answer.returncode != 0:
             return Peer(host, UNKNOWN)
         return Peer(host, *parse_probe(answer.stdout))
@@ -442,25 +515,62 @@ class Node:
     def init_primary(self) -> None:
         s = self.settings
         self.wipe_data_dir()
-        self._run([f"{PG_BIN}/initdb", "-D", s.data_dir, "--data-checksums", "--encoding=UTF8",
-                   "--locale=C.UTF-8", "--username=postgres", "--auth-local=peer", "--auth-host=scram-sha-256",
-                   f"--pwfile={os.path.join(s.run_dir, 'postgres-password')}"])
+        self._run(
+            [
+                f"{PG_BIN}/initdb",
+                "-D",
+                s.data_dir,
+                "--data-checksums",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+                "--username=postgres",
+                "--auth-local=peer",
+                "--auth-host=scram-sha-256",
+            ]
+        )
         self._write_data_dir_conf()
         self.start_postgres()
-        # No standby exists yet: these commits must not wait for one (synchronous_standby_names).
-        local_commit = dict(self.env, PGOPTIONS="-c synchronous_commit=local")
-        self._run([f"{PG_BIN}/psql", "-X", "-v", "ON_ERROR_STOP=1", "-h", s.socket_dir, "-U", "postgres",
-                   "-d", "postgres", "-q"],
-                  stdin=bootstrap_sql(s.database, s.database_user, s.repmgr_password, s.database_password),
-                  env=local_commit)
-        self._repmgr(["primary", "register", "--force"], env=local_commit)
+        self._run(self._psql_script(), stdin=bootstrap_sql(s), env=self._local_commit())
+        self._repmgr(["primary", "register", "--force"], env=self._local_commit())
+
+    def ensure_service_roles(self) -> bool:
+        """Runs service_roles_sql on this node, a primary; whether it worked."""
+        try:
+            answer = self._run(
+                self._psql_script(),
+                stdin=service_roles_sql(self.settings),
+                env=self._local_commit(),
+                check=False,
+                quiet=True,
+                timeout=10,
+            )
+        except subprocess.TimeoutExpired:
+            log("setting the application's roles up took over 10 s; trying again later")
+            return False
+        if answer.returncode != 0:
+            log(f"could not set the application's roles up: {answer.stderr.strip()}")
+        return answer.returncode == 0
+
+    def _psql_script(self) -> list[str]:
+        """psql as postgres on this node's socket, reading a script that stops at its first error."""
+        connection = ["-h", self.settings.socket_dir, "-U", "postgres", "-d", "postgres"]
+        return [f"{PG_BIN}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", *connection]
+
+    def _local_commit(self) -> dict[str, str]:
+        """Commits that do not wait for a synchronous standby: there may be none yet (a new
+        cluster), and roles are not votes."""
+        return dict(self.env, PGOPTIONS="-c synchronous_commit=local")
 
     def clone(self, primary: str) -> None:
         self.wipe_data_dir()
-        self._repmgr(["-h", primary, "-p", str(PORT), "-U", "repmgr", "-d", "repmgr",
-                      "standby", "clone", "--fast-checkpoint"])
+        # The upstream named, not looked up: repmgr takes it from the metadata otherwise, which
+        # can still name a primary that has died since (a clone then made its replication slot
+        # on that dead node, dropped the one on the real upstream, and never streamed).
+        upstream = f"--upstream-node-id={self.settings.node_id_of(primary)}"
+        source = ["-h", primary, "-p", str(PORT), "-U", "repmgr", "-d", "repmgr"]
+        self._repmgr([*source, "standby", "clone", "--fast-checkpoint", upstream])
         self.start_postgres()
-        self._repmgr(["standby", "register", "--force"])
+        self._repmgr(["standby", "register", "--force", upstream])
 
     def data_dir_state(self) -> str:
         return cluster_state(self._run([f"{PG_BIN}/pg_controldata", self.settings.data_dir], quiet=True).stdout)
@@ -478,8 +588,7 @@ class Node:
             # acknowledged is given up: every commit was on a standby before it was
             # acknowledged (synchronous replication), and what this node holds beyond the new
             # primary is what a rewind would discard too.
-            log(f"data directory state is {state!r} and this node was primary: cloning {primary} "
-                "instead of rewinding")
+            log(f"data directory state is {state!r} and this node was primary: cloning {primary} instead of rewinding")
             self.clone(primary)
             return
         try:
@@ -511,8 +620,10 @@ class Node:
             if status == "streaming" and (wanted is None or received == str(wanted)):
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError(f"not streaming from the primary {timeout:.0f} s after the rejoin "
-                                   f"(WAL receiver: {status or 'none'})")
+                raise RuntimeError(
+                    f"not streaming from the primary {timeout:.0f} s after the rejoin "
+                    f"(WAL receiver: {status or 'none'})"
+                )
             time.sleep(1)
 
     def _rewind_onto(self, primary: str, state: str) -> None:
@@ -522,8 +633,7 @@ class Node:
             # nobody, so that rejoin and pg_rewind find a cleanly shut down cluster (a standby
             # stays in recovery: it writes no checkpoint of its own).
             log(f"data directory state is {state!r}: recovering it locally before the rejoin")
-            self._run([f"{PG_BIN}/pg_ctl", "start", "-w", "-t", "300", "-D", s.data_dir, "-l", "/dev/stderr",
-                       "-o", f"-c listen_addresses='' -c unix_socket_directories={s.socket_dir}"])
+            self._pg_ctl_start(f"-c listen_addresses='' -c unix_socket_directories={s.socket_dir}")
             self._run([f"{PG_BIN}/pg_ctl", "stop", "-w", "-t", "120", "-m", "fast", "-D", s.data_dir])
         self._write_data_dir_conf()
         self._repmgr(["node", "rejoin", "-d", self._conninfo(primary), "--force-rewind", "--verbose"])
@@ -531,32 +641,43 @@ class Node:
             self.start_postgres()
 
     def start_postgres(self) -> None:
-        s = self.settings
         self._write_data_dir_conf()
-        self._run([f"{PG_BIN}/pg_ctl", "start", "-w", "-t", "300", "-D", s.data_dir, "-l", "/dev/stderr",
-                   "-o", f"-c unix_socket_directories={s.socket_dir}"])
+        self._pg_ctl_start(f"-c unix_socket_directories={self.settings.socket_dir}")
+
+    def _pg_ctl_start(self, server_options: str) -> None:
+        """Starts the postmaster with these options and waits (up to 300 s) until it accepts
+        connections; its log goes to this container's."""
+        command = [f"{PG_BIN}/pg_ctl", "start", "-w", "-t", "300", "-D", self.settings.data_dir]
+        self._run([*command, "-l", "/dev/stderr", "-o", server_options])
 
     def stop_postgres(self) -> None:
         if self.postgres_running():
-            self._run([f"{PG_BIN}/pg_ctl", "stop", "-w", "-t", "60", "-m", "fast", "-D", self.settings.data_dir],
-                      check=False)
+            self._run(
+                [f"{PG_BIN}/pg_ctl", "stop", "-w", "-t", "60", "-m", "fast", "-D", self.settings.data_dir], check=False
+            )
 
-    def local_query(self, sql: str) -> Optional[str]:
+    def local_query(self, sql: str) -> str | None:
         """One value from this node's own server over its socket; None if it does not answer."""
-        answer = self._run([f"{PG_BIN}/psql", "-X", "-At", "-h", self.settings.socket_dir, "-d", "postgres",
-                            "-c", sql], check=False, quiet=True, timeout=10)
+        answer = self._run(
+            [f"{PG_BIN}/psql", "-X", "-At", "-h", self.settings.socket_dir, "-d", "postgres", "-c", sql],
+            check=False,
+            quiet=True,
+            timeout=10,
+        )
         return answer.stdout.strip() if answer.returncode == 0 else None
 
     def running_as_primary(self) -> bool:
         return self.local_query("SELECT pg_is_in_recovery()") == "f"
 
-    def timeline(self) -> Optional[int]:
+    def timeline(self) -> int | None:
         answer = self.local_query(TIMELINE_QUERY)
         return int(answer) if answer and answer.isdigit() else None
 
     def postgres_running(self) -> bool:
-        return self._run([f"{PG_BIN}/pg_ctl", "status", "-D", self.settings.data_dir],
-                         check=False, quiet=True).returncode == 0
+        return (
+            self._run([f"{PG_BIN}/pg_ctl", "status", "-D", self.settings.data_dir], check=False, quiet=True).returncode
+            == 0
+        )
 
     def _write_data_dir_conf(self) -> None:
         path = os.path.join(self.settings.data_dir, "postgresql.conf")
@@ -569,16 +690,29 @@ class Node:
         subprocess.run(["rm", "-rf", self.settings.data_dir], check=True)
         os.makedirs(self.settings.data_dir, mode=0o700)
 
-    def _repmgr(self, arguments: list[str], env: Optional[dict[str, str]] = None) -> None:
+    def _repmgr(self, arguments: list[str], env: dict[str, str] | None = None) -> None:
         self._run([f"{PG_BIN}/repmgr", "-f", self.settings.repmgr_conf, *arguments], env=env)
 
-    def _run(self, command: list[str], check: bool = True, quiet: bool = False, timeout: float = 600,
-             stdin: Optional[str] = None, env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
+    def _run(
+        self,
+        command: list[str],
+        check: bool = True,
+        quiet: bool = False,
+        timeout: float = 600,
+        stdin: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess:
         if not quiet:
             log("running " + " ".join(command[:6]) + (" …" if len(command) > 6 else ""))
-        result = subprocess.run(command, input=stdin, text=True, timeout=timeout, env=env or self.env,
-                                stdout=subprocess.PIPE if quiet else None,
-                                stderr=subprocess.PIPE if quiet else None)
+        result = subprocess.run(
+            command,
+            input=stdin,
+            text=True,
+            timeout=timeout,
+            env=env or self.env,
+            stdout=subprocess.PIPE if quiet else None,
+            stderr=subprocess.PIPE if quiet else None,
+        )
         if check and result.returncode != 0:
             detail = (result.stderr or "").strip() if quiet else ""
             raise RuntimeError(f"{command[0]} exited with {result.returncode}{': ' + detail if detail else ''}")
@@ -586,6 +720,7 @@ class Node:
 
 
 # -- main ---------------------------------------------------------------------------------
+
 
 class Stop(Exception):
     pass
@@ -636,25 +771,35 @@ def settle(node: Node, clock: Callable[[], float] = time.monotonic) -> Decision:
 
 def supervise(node: Node, stopping: list[bool]) -> int:
     """Runs repmgrd until a signal arrives, restarting it when it exits; watches PostgreSQL."""
+
     def start_repmgrd() -> subprocess.Popen:
-        return subprocess.Popen([f"{PG_BIN}/repmgrd", "-f", node.settings.repmgr_conf, "--daemonize=false"],
-                                env=node.env)
+        return subprocess.Popen(
+            [f"{PG_BIN}/repmgrd", "-f", node.settings.repmgr_conf, "--daemonize=false"], env=node.env
+        )
 
     repmgrd = start_repmgrd()
-    repmgrd_exited: Optional[float] = None
-    down_since: Optional[float] = None
+    repmgrd_exited: float | None = None
+    down_since: float | None = None
     last_superseded_check = 0.0
+    # Once per term as primary (a promotion included): the roles as the secrets say.
+    roles_ensured = False
     try:
         while not stopping[0]:
             now = time.monotonic()
             if now - last_superseded_check >= SUPERSEDED_CHECK_INTERVAL:
                 last_superseded_check = now
-                if node.running_as_primary():
+                primary = node.running_as_primary()
+                if primary and not roles_ensured:
+                    roles_ensured = node.ensure_service_roles()
+                roles_ensured = roles_ensured and primary
+                if primary:
                     timeline = node.timeline()
                     successor = superseded_by(timeline, [node.probe(host) for host in node.settings.peers])
                     if successor:
-                        log(f"superseded: {successor} is primary on a newer timeline than this one's ({timeline}); "
-                            "stopping this primary so that it rejoins as a standby")
+                        log(
+                            f"superseded: {successor} is primary on a newer timeline than this one's ({timeline}); "
+                            "stopping this primary so that it rejoins as a standby"
+                        )
                         return 1
             if repmgrd_exited is None and repmgrd.poll() is not None:
                 # On a standby repmgrd refuses to start while its upstream is down (a cold start
@@ -692,12 +837,13 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    node: Optional[Node] = None
+    node: Node | None = None
     try:
         if os.getuid() != 0:
             raise RuntimeError("start the container as root: it prepares the volume, then runs as postgres")
         node = Node(settings_from(os.environ))
         node.prepare()
+        node.hold_volume()  # until this process ends
         node.drop_privileges()
         settle(node)
     except Stop as stop:

@@ -1,22 +1,42 @@
 """Unit tests of the PostgreSQL node's entrypoint: the decision table, and the files it writes.
 
-    python3 -m unittest discover -s deploy/docker/postgres
+python3 -m unittest discover -s deploy/docker/postgres
 """
 
 from __future__ import annotations
 
-import ast
 import os
+import shutil
 import sys
 import tempfile
+import threading
+import time
 import unittest
 from pathlib import Path
+from unittest import mock
 
+# pgnode and, as in the image, voting_common beside it on the path.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))
 
-import pgnode  # noqa: E402
-from pgnode import (CLONE, INIT_PRIMARY, PRIMARY, REJOIN, STANDBY, START_PRIMARY, START_STANDBY,  # noqa: E402
-                    UNKNOWN, UNREACHABLE, WAIT, Local, Peer, decide)
+import pgnode
+from pgnode import (
+    CLONE,
+    INIT_PRIMARY,
+    PRIMARY,
+    REJOIN,
+    STANDBY,
+    START_PRIMARY,
+    START_STANDBY,
+    UNKNOWN,
+    UNREACHABLE,
+    WAIT,
+    Local,
+    Peer,
+    decide,
+)
+from python_minimal import PYTHON3_MINIMAL, top_level_imports
+from voting_common import render_file
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "postgres"
 GRACE = 15.0
@@ -120,7 +140,7 @@ class NoDecisionMakesASecondPrimary(unittest.TestCase):
         states = [UNREACHABLE, UNKNOWN, STANDBY, PRIMARY]
         records = [None, "pg-1", "pg-2", "pg-3"]
         for data in (False, True):
-            for was_primary in ((False, True) if data else (False,)):
+            for was_primary in (False, True) if data else (False,):
                 for s2 in states:
                     for s3 in states:
                         for r2 in records:
@@ -168,45 +188,48 @@ class AResumedPrimary(unittest.TestCase):
         self.assertIsNone(pgnode.superseded_by(2, [Peer("pg-2", PRIMARY, "pg-2", None), down("pg-3")]))
 
 
+class RejoiningNode(pgnode.Node):
+    """A node whose rewind fails; it records what it does instead of doing it."""
+
+    def __init__(self, primary_state: str):
+        self.primary_state = primary_state
+        self.done: list[str] = []
+
+    def data_dir_state(self) -> str:
+        return "shut down in recovery"
+
+    def local(self) -> Local:
+        return Local("pg-1", False, True, self.was_primary)
+
+    was_primary = False
+
+    def _rewind_onto(self, primary: str, state: str) -> None:
+        self.done.append(f"rewind {primary}")
+        raise RuntimeError("pg_ctl exited with 1")
+
+    def stop_postgres(self) -> None:
+        self.done.append("stop")
+
+    def _await_streaming(self, primary: str, timeout: float) -> None:
+        self.done.append("await streaming")
+
+    def probe(self, host: str) -> Peer:
+        return Peer(host, self.primary_state)
+
+    def clone(self, primary: str) -> None:
+        self.done.append(f"clone {primary}")
+
+
 class ARejoinThatFails(unittest.TestCase):
     """The data directory pg_rewind cannot bring back: a fresh clone, only from a live primary."""
 
-    class FakeNode(pgnode.Node):
-        def __init__(self, primary_state: str):
-            self.primary_state = primary_state
-            self.done: list[str] = []
-
-        def data_dir_state(self) -> str:
-            return "shut down in recovery"
-
-        def local(self) -> Local:
-            return Local("pg-1", False, True, self.was_primary)
-
-        was_primary = False
-
-        def _rewind_onto(self, primary: str, state: str) -> None:
-            self.done.append(f"rewind {primary}")
-            raise RuntimeError("pg_ctl exited with 1")
-
-        def stop_postgres(self) -> None:
-            self.done.append("stop")
-
-        def _await_streaming(self, primary: str, timeout: float) -> None:
-            self.done.append("await streaming")
-
-        def probe(self, host: str) -> Peer:
-            return Peer(host, self.primary_state)
-
-        def clone(self, primary: str) -> None:
-            self.done.append(f"clone {primary}")
-
     def test_clones_the_primary_that_still_answers(self):
-        fake = self.FakeNode(PRIMARY)
+        fake = RejoiningNode(PRIMARY)
         fake.rejoin("pg-2")
         self.assertEqual(fake.done, ["rewind pg-2", "stop", "clone pg-2"])
 
     def test_clones_when_the_rewound_standby_never_streams(self):
-        class NeverStreams(self.FakeNode):
+        class NeverStreams(RejoiningNode):
             def _rewind_onto(self, primary: str, state: str) -> None:
                 self.done.append(f"rewind {primary}")
 
@@ -218,7 +241,7 @@ class ARejoinThatFails(unittest.TestCase):
         self.assertEqual(fake.done, ["rewind pg-2", "stop", "clone pg-2"])
 
     def test_a_killed_primary_is_cloned_without_a_rewind(self):
-        class KilledPrimary(self.FakeNode):
+        class KilledPrimary(RejoiningNode):
             was_primary = True
 
             def data_dir_state(self) -> str:
@@ -229,7 +252,7 @@ class ARejoinThatFails(unittest.TestCase):
         self.assertEqual(fake.done, ["clone pg-2"])
 
     def test_a_primary_that_stepped_down_cleanly_is_cloned_too(self):
-        class SupersededPrimary(self.FakeNode):
+        class SupersededPrimary(RejoiningNode):
             was_primary = True
 
             def data_dir_state(self) -> str:
@@ -240,20 +263,13 @@ class ARejoinThatFails(unittest.TestCase):
         self.assertEqual(fake.done, ["clone pg-2"])
 
     def test_keeps_its_data_when_the_primary_went_away(self):
-        fake = self.FakeNode(UNREACHABLE)
+        fake = RejoiningNode(UNREACHABLE)
         with self.assertRaises(RuntimeError):
             fake.rejoin("pg-2")
         self.assertEqual(fake.done, ["rewind pg-2", "stop"])
 
 
 class Helpers(unittest.TestCase):
-    def test_render_fills_placeholders_and_refuses_missing_ones(self):
-        self.assertEqual(pgnode.render_text("a ${X} b ${Y_2}", {"X": 1, "Y_2": "z"}), "a 1 b z")
-        with self.assertRaisesRegex(KeyError, "no value for Y"):
-            pgnode.render_text("${X}${Y}", {"X": 1})
-        # Only ${UPPER}: $lower, $UPPER and ${lower} are not placeholders.
-        self.assertEqual(pgnode.render_text("$a $B ${c}", {}), "$a $B ${c}")
-
     def test_probe_output(self):
         self.assertEqual(pgnode.parse_probe("f|pg-1|3\n"), (PRIMARY, "pg-1", 3))
         self.assertEqual(pgnode.parse_probe("t|pg-2|2\n"), (STANDBY, "pg-2", 2))
@@ -278,9 +294,18 @@ class Helpers(unittest.TestCase):
 
 
 def environment(**overrides: str) -> dict[str, str]:
-    env = {"NODE_ID": "2", "NODE_NAME": "pg-2", "NODES": "pg-1, pg-2,pg-3", "DATABASE": "voting",
-           "DATABASE_USER": "voting", "POSTGRES_PASSWORD": "pw-postgres", "REPMGR_PASSWORD": "pw-repmgr",
-           "DATABASE_PASSWORD": "pw-voting"}
+    env = {
+        "NODE_ID": "2",
+        "NODE_NAME": "pg-2",
+        "NODES": "pg-1, pg-2,pg-3",
+        "DATABASE": "voting",
+        "DATABASE_USER": "voting",
+        "REPMGR_PASSWORD": "pw-repmgr",
+        "DATABASE_PASSWORD": "pw-voting",
+        "DATABASE_WORKER_PASSWORD": "pw-worker",
+        "DATABASE_RESULT_PASSWORD": "pw-result",
+        "PGPOOL_CHECK_PASSWORD": "pw-check",
+    }
     env.update(overrides)
     return env
 
@@ -303,41 +328,93 @@ class Configuration(unittest.TestCase):
             os.unlink(file.name)
 
     def test_missing_or_inconsistent_settings_are_refused(self):
-        for bad in (environment(NODE_NAME="pg-9"), environment(NODES="pg-1,pg-2"),
-                    environment(DATABASE_PASSWORD=""), environment(INITIAL_PRIMARY="pg-7")):
+        for bad in (
+            environment(NODE_NAME="pg-9"),
+            environment(NODES="pg-1,pg-2"),
+            environment(DATABASE_PASSWORD=""),
+            environment(INITIAL_PRIMARY="pg-7"),
+            environment(NODE_ID="3"),
+        ):
             with self.assertRaises(ValueError):
                 pgnode.settings_from(bad)
 
     def test_every_placeholder_of_the_templates_has_a_value(self):
         values = pgnode.template_values(pgnode.settings_from(environment()))
         for name in ("postgresql.conf", "pg_hba.conf", "repmgr.conf"):
-            text = pgnode.render_text((TEMPLATES / name).read_text(), values, name)
+            text = render_file(str(TEMPLATES / name), values)
             self.assertNotIn("${", text)
 
     def test_the_node_names_its_own_files(self):
         values = pgnode.template_values(pgnode.settings_from(environment()))
-        repmgr = pgnode.render_text((TEMPLATES / "repmgr.conf").read_text(), values)
+        repmgr = render_file(str(TEMPLATES / "repmgr.conf"), values)
         self.assertIn("node_id=2", repmgr)
         self.assertIn("node_name='pg-2'", repmgr)
         self.assertIn("host=pg-2 ", repmgr)
 
     def test_bootstrap_sql_quotes_passwords(self):
-        sql = pgnode.bootstrap_sql("voting", "voting", "r'pw", "v'pw")
+        settings = pgnode.settings_from(environment(REPMGR_PASSWORD="r'pw", DATABASE_WORKER_PASSWORD="w'pw"))
+        sql = pgnode.bootstrap_sql(settings)
         self.assertIn("PASSWORD 'r''pw'", sql)
-        self.assertIn("PASSWORD 'v''pw'", sql)
+        self.assertIn("PASSWORD 'w''pw'", sql)
+
+    def test_the_postgres_superuser_gets_no_password_and_no_network_login(self):
+        settings = pgnode.settings_from(environment())
+        self.assertNotIn("postgres", pgnode.bootstrap_sql(settings).replace("CREATE DATABASE", ""))
+        hba = render_file(str(TEMPLATES / "pg_hba.conf"), pgnode.template_values(settings))
+        lines = [line.split() for line in hba.splitlines() if line.strip() and not line.startswith("#")]
+        superuser = [line for line in lines if "postgres" in line[2].split(",")]
+        self.assertEqual(superuser, [["local", "all", "postgres", "peer"]])
+
+
+class ACloneNamesItsUpstream(unittest.TestCase):
+    def test_the_node_it_clones_is_its_upstream_whatever_the_metadata_says(self):
+        commands: list[list[str]] = []
+
+        class Recording(pgnode.Node):
+            def wipe_data_dir(self) -> None:
+                pass
+
+            def start_postgres(self) -> None:
+                pass
+
+            def _repmgr(self, arguments: list[str], env: dict[str, str] | None = None) -> None:
+                commands.append(arguments)
+
+        Recording(pgnode.settings_from(environment())).clone("pg-3")
+        self.assertIn("standby", commands[0])
+        self.assertIn("clone", commands[0])
+        self.assertIn("--upstream-node-id=3", commands[0])
+        self.assertEqual(commands[1], ["standby", "register", "--force", "--upstream-node-id=3"])
+
+
+class OneEntrypointPerVolume(unittest.TestCase):
+    def test_a_second_entrypoint_waits_until_the_first_lets_go_of_the_volume(self):
+        volume = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, volume)
+        settings = pgnode.settings_from(environment(PGDATA=os.path.join(volume, "pgdata")))
+        logged: list[str] = []
+        patch = mock.patch.object(pgnode, "log", logged.append)
+        patch.start()
+        self.addCleanup(patch.stop)
+
+        first = pgnode.Node(settings).hold_volume()
+        second = threading.Thread(target=pgnode.Node(settings).hold_volume)
+        second.start()
+        deadline = time.monotonic() + 10
+        while not any("waiting" in line for line in logged) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertTrue(second.is_alive(), "the second holds the volume while the first does")
+        os.close(first)  # the first container's entrypoint ends
+        second.join(10)
+        self.assertFalse(second.is_alive())
+        self.assertEqual(logged[-1], "the volume is this container's now")
 
 
 class TheImageHasOnlyPythonMinimal(unittest.TestCase):
-    # What python3-minimal (Debian bookworm) ships, of what this module could want.
-    MINIMAL = {"__future__", "os", "pwd", "re", "signal", "socket", "subprocess", "sys", "time", "typing"}
-
     def test_imports(self):
-        tree = ast.parse(Path(pgnode.__file__).read_text())
-        imported = {alias.name.split(".")[0] for node_ in ast.walk(tree) if isinstance(node_, ast.Import)
-                    for alias in node_.names}
-        imported |= {node_.module.split(".")[0] for node_ in ast.walk(tree)
-                     if isinstance(node_, ast.ImportFrom) and node_.module}
-        self.assertLessEqual(imported, self.MINIMAL)
+        # voting_common is copied into the image beside it.
+        allowed = PYTHON3_MINIMAL | {"voting_common"}
+        self.assertLessEqual(top_level_imports(Path(pgnode.__file__)), allowed)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ use sqlx::{QueryBuilder, Row};
 use tokio::sync::Notify;
 
 use super::group_commit::{BatchWriter, GroupCommit};
-use super::{ConsumerSettings, Delivery, QueueConsumer, QueueError, VoteQueue, decode_vote, fields};
+use super::{
+    ConsumerGroup, ConsumerSettings, Delivery, QueueConsumer, QueueError, VoteQueue, decode_vote, fields,
+};
 use crate::domain::{QueuePosition, Vote};
 
 const SCHEMA: &str = "
@@ -96,8 +98,6 @@ pub(crate) async fn open_sqlite(path: &Path) -> Result<SqlitePool, sqlx::Error> 
 }
 
 impl VoteQueue for EmbeddedQueue {
-    type Consumer = EmbeddedConsumer;
-
     async fn publish(&self, vote: &Vote) -> Result<QueuePosition, QueueError> {
         self.appender.append(vote).await
     }
@@ -107,8 +107,22 @@ impl VoteQueue for EmbeddedQueue {
         Ok(())
     }
 
-    async fn consumer(&self, settings: ConsumerSettings) -> Result<EmbeddedConsumer, QueueError> {
+    async fn close(&self) {
+        self.appender.close().await;
+    }
+}
+
+/// The one file is both ends: the vote service writes it and the worker, in the same process,
+/// reads it.
+impl ConsumerGroup for EmbeddedQueue {
+    type Consumer = EmbeddedConsumer;
+
+    async fn join(&self, settings: ConsumerSettings) -> Result<EmbeddedConsumer, QueueError> {
         Ok(EmbeddedConsumer { queue: self.clone(), settings, delivered_up_to: 0 })
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        VoteQueue::ping(self).await
     }
 }
 
@@ -190,8 +204,47 @@ impl QueueConsumer for EmbeddedConsumer {
     async fn trim(&mut self) -> Result<(), QueueError> {
         Ok(())
     }
+}
 
-    async fn ping(&mut self) -> Result<(), QueueError> {
-        self.queue.ping().await
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::{OptionId, VoterId};
+
+    fn a_vote() -> Vote {
+        Vote::now(VoterId::random(), OptionId::parse("a").unwrap())
+    }
+
+    #[tokio::test]
+    async fn closing_writes_every_vote_handed_over_and_refuses_later_ones() {
+        let data = tempfile::tempdir().unwrap();
+        let queue = EmbeddedQueue::open(&data.path().join("queue.sqlite")).await.unwrap();
+        let publishing: Vec<_> = (0..200)
+            .map(|_| {
+                let queue = queue.clone();
+                tokio::spawn(async move { queue.publish(&a_vote()).await })
+            })
+            .collect();
+        // Every publish is in the channel or written once each task has run to its await.
+        tokio::task::yield_now().await;
+        queue.close().await;
+        let mut written = 0;
+        for publish in publishing {
+            if publish.await.unwrap().is_ok() {
+                written += 1;
+            }
+        }
+        let settings = ConsumerSettings {
+            name: "count".into(),
+            batch_size: 1000,
+            claim_idle: Duration::from_secs(60),
+            block: Duration::from_millis(10),
+        };
+        let queued = queue.join(settings).await.unwrap().next_batch().await.unwrap().len();
+        assert_eq!(queued, written, "every vote acknowledged is in the queue, and only those");
+        let late = queue.publish(&a_vote()).await;
+        assert!(matches!(late, Err(QueueError::Unavailable(_))), "{late:?}");
     }
 }

@@ -5,9 +5,12 @@
 //! written.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 
 use anyhow::anyhow;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::QueueError;
 use crate::domain::{QueuePosition, Vote};
@@ -27,18 +30,35 @@ pub(crate) trait BatchWriter: Send + 'static {
 
 type Pending = (Vote, oneshot::Sender<Result<QueuePosition, QueueError>>);
 
-/// The handle to a group-commit task, cheap to clone; the task ends with the last clone.
+/// The handle to a group-commit task, cheap to clone. The task ends at [`GroupCommit::close`],
+/// or with the last clone.
 #[derive(Debug, Clone)]
 pub(crate) struct GroupCommit {
     pending: mpsc::Sender<Pending>,
+    stop: CancellationToken,
+    /// Taken by the first `close`, which waits for the task.
+    task: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 impl GroupCommit {
     /// Starts the task; must be called within a Tokio runtime.
     pub(crate) fn spawn(writer: impl BatchWriter) -> Self {
         let (pending, batches) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(write_batches(writer, batches));
-        Self { pending }
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(write_batches(writer, batches, stop.clone()));
+        Self { pending, stop, task: Arc::new(Mutex::new(Some(task))) }
+    }
+
+    /// Writes what was handed over, then ends the task and waits for it; a panic in it is
+    /// logged here. Votes appended afterwards are refused as not recorded.
+    pub(crate) async fn close(&self) {
+        self.stop.cancel();
+        let task = self.task.lock().expect("group-commit task lock").take();
+        if let Some(task) = task
+            && let Err(e) = task.await
+        {
+            tracing::error!(error = %e, "the group-commit task failed");
+        }
     }
 
     /// Queues a vote for the next batch and waits for that batch's outcome.
@@ -54,10 +74,25 @@ impl GroupCommit {
     }
 }
 
-async fn write_batches(mut writer: impl BatchWriter, mut batches: mpsc::Receiver<Pending>) {
+async fn write_batches(
+    mut writer: impl BatchWriter,
+    mut batches: mpsc::Receiver<Pending>,
+    stop: CancellationToken,
+) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     let mut votes = Vec::with_capacity(MAX_BATCH);
-    while batches.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    loop {
+        let received = tokio::select! {
+            received = batches.recv_many(&mut batch, MAX_BATCH) => received,
+            // Closing refuses new votes; those already sent are still received and written.
+            () = stop.cancelled(), if !batches.is_closed() => {
+                batches.close();
+                continue;
+            }
+        };
+        if received == 0 {
+            break;
+        }
         votes.extend(batch.iter().map(|(vote, _)| vote.clone()));
         match writer.write(&votes).await {
             Ok(outcomes) => {

@@ -3,7 +3,8 @@
 //!
 //! Two implementations share this contract: [`redis::RedisQueue`] (the stream `votes`, consumer
 //! group `workers`) for the services, and [`embedded::EmbeddedQueue`] (a SQLite table) for
-//! `voting up`. The worker is written once against [`VoteQueue`] and [`QueueConsumer`].
+//! `voting up`. The vote service is written once against [`VoteQueue`], the producer side, and
+//! the worker against [`ConsumerGroup`] and [`QueueConsumer`], the consumer side.
 
 pub mod embedded;
 mod group_commit;
@@ -24,10 +25,9 @@ pub enum Durability {
     Replicated,
 }
 
-/// The producer side: what the vote service needs.
+/// The producer side, what the vote service needs: hands votes over with the durability it
+/// was opened with.
 pub trait VoteQueue: Clone + Send + Sync + 'static {
-    type Consumer: QueueConsumer;
-
     /// Hands a vote over. `Ok` means the queue holds it with the configured durability, so
     /// the vote may be acknowledged to the voter; any error means it must not be.
     fn publish(&self, vote: &Vote) -> impl Future<Output = Result<QueuePosition, QueueError>> + Send;
@@ -35,11 +35,25 @@ pub trait VoteQueue: Clone + Send + Sync + 'static {
     /// Whether the queue answers; backs `/readyz`.
     fn ping(&self) -> impl Future<Output = Result<(), QueueError>> + Send;
 
-    /// A consumer in the worker group, with connections of its own.
-    fn consumer(
+    /// Finishes writing the votes handed over so far and stops the queue's background task,
+    /// for every clone; a vote published afterwards is refused. The vote service calls it once
+    /// its server has stopped, so its `run` ends only after the last vote is answered.
+    fn close(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// The consumer side's way in, what the worker needs: the group that consumers join, each
+/// with its own settings and connections.
+pub trait ConsumerGroup: Clone + Send + Sync + 'static {
+    type Consumer: QueueConsumer;
+
+    /// A consumer in the group, with connections of its own; creates the group if it is new.
+    fn join(
         &self,
         settings: ConsumerSettings,
     ) -> impl Future<Output = Result<Self::Consumer, QueueError>> + Send;
+
+    /// Whether the queue answers; backs the worker's `/readyz`.
+    fn ping(&self) -> impl Future<Output = Result<(), QueueError>> + Send;
 }
 
 /// The consumer side: what one worker needs.
@@ -62,9 +76,6 @@ pub trait QueueConsumer: Send + 'static {
 
     /// Drops entries that every consumer is done with, never one that is unacknowledged.
     fn trim(&mut self) -> impl Future<Output = Result<(), QueueError>> + Send;
-
-    /// Whether the queue answers; backs the worker's `/readyz`.
-    fn ping(&mut self) -> impl Future<Output = Result<(), QueueError>> + Send;
 }
 
 /// How a consumer reads.

@@ -19,7 +19,8 @@ use tokio::sync::Mutex;
 
 use super::group_commit::{BatchWriter, GroupCommit};
 use super::{
-    ConsumerSettings, Delivery, Durability, QueueConsumer, QueueError, VoteQueue, decode_vote, encode_vote,
+    ConsumerGroup, ConsumerSettings, Delivery, Durability, QueueConsumer, QueueError, VoteQueue, decode_vote,
+    encode_vote,
 };
 use crate::domain::{QueuePosition, Vote};
 
@@ -97,8 +98,6 @@ impl BatchWriter for Pipeline {
 }
 
 impl VoteQueue for RedisQueue {
-    type Consumer = RedisConsumer;
-
     async fn publish(&self, vote: &Vote) -> Result<QueuePosition, QueueError> {
         self.appender.append(vote).await
     }
@@ -108,11 +107,35 @@ impl VoteQueue for RedisQueue {
         Ok(())
     }
 
-    async fn consumer(&self, settings: ConsumerSettings) -> Result<RedisConsumer, QueueError> {
-        let client = self.connection.client.clone();
-        let blocking = SharedConnection::new(client.clone(), settings.block + RESPONSE_TIMEOUT);
+    async fn close(&self) {
+        self.appender.close().await;
+    }
+}
+
+/// The consumer group `workers` of the stream, cheap to clone: what a worker joins.
+#[derive(Debug, Clone)]
+pub struct RedisConsumerGroup {
+    client: Client,
+    /// For the readiness check.
+    connection: Arc<SharedConnection>,
+}
+
+impl RedisConsumerGroup {
+    /// Does not connect: joining does, so a worker starts while Redis is down.
+    pub fn new(url: &str) -> Result<Self, QueueError> {
+        let client = Client::open(url).map_err(QueueError::unavailable)?;
+        let connection = Arc::new(SharedConnection::new(client.clone(), RESPONSE_TIMEOUT));
+        Ok(Self { client, connection })
+    }
+}
+
+impl ConsumerGroup for RedisConsumerGroup {
+    type Consumer = RedisConsumer;
+
+    async fn join(&self, settings: ConsumerSettings) -> Result<RedisConsumer, QueueError> {
+        let blocking = SharedConnection::new(self.client.clone(), settings.block + RESPONSE_TIMEOUT);
         let consumer = RedisConsumer {
-            commands: SharedConnection::new(client, RESPONSE_TIMEOUT),
+            commands: SharedConnection::new(self.client.clone(), RESPONSE_TIMEOUT),
             blocking,
             settings,
             claim_cursor: "0-0".to_owned(),
@@ -120,6 +143,11 @@ impl VoteQueue for RedisQueue {
         };
         consumer.ensure_group().await?;
         Ok(consumer)
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        let _: String = self.connection.query(&redis::cmd("PING")).await?;
+        Ok(())
     }
 }
 
@@ -261,11 +289,6 @@ impl QueueConsumer for RedisConsumer {
             .commands
             .query(redis::cmd("XTRIM").arg(STREAM).arg("MINID").arg("~").arg(keep_from.to_string()))
             .await?;
-        Ok(())
-    }
-
-    async fn ping(&mut self) -> Result<(), QueueError> {
-        let _: String = self.commands.query(&redis::cmd("PING")).await?;
         Ok(())
     }
 }

@@ -46,12 +46,61 @@ fn tallies_from_rows(rows: Vec<(String, i64)>) -> Tallies {
 }
 
 /// Why the store could not do what was asked. Nothing was committed, or it is not known that
-/// anything was: the worker retries the batch (applying is idempotent), result answers 503.
+/// anything was; either way applying the batch again is harmless (applying is idempotent).
+///
+/// The two kinds call for opposite reactions. [`StoreError::Unavailable`] passes: the worker
+/// retries with backoff and the result service answers 503 meanwhile. [`StoreError::Refused`]
+/// does not: the same statement will fail the same way until an operator changes the schema,
+/// a grant or the configuration, so the worker logs it as an error and stops (its process
+/// exits non-zero and the orchestrator's restart policy tries again later, by which time a
+/// migration that had not run yet has). It never dead-letters the batch: the votes are fine,
+/// and they stay in the queue, unacknowledged, until a worker can store them.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database is down, unreachable, failing over, or the pool timed out.
+    /// The database is down, unreachable, failing over or read-only after one, the pool timed
+    /// out, or the transaction lost a serialization or deadlock race: worth retrying.
     #[error("store unavailable: {0}")]
-    Unavailable(#[from] sqlx::Error),
+    Unavailable(#[source] sqlx::Error),
+    /// The database refused the statement itself: a table, column or function missing, a
+    /// privilege missing, a constraint or type violated, or the answer has a shape this code
+    /// does not know. Retrying the same statement cannot succeed.
+    #[error("store refused the statement: {0}")]
+    Refused(#[source] sqlx::Error),
     #[error("store migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    /// Whether retrying can help; see [`StoreError`].
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// SQLSTATE classes of statements that fail the same way every time: 22 data exception,
+/// 23 integrity constraint violation, 2B dependent privilege descriptors still exist, 3F
+/// invalid schema name, 42 syntax error or access rule violation (undefined table or column,
+/// insufficient privilege). Every other class (08 connection, 25 read-only transaction on a
+/// standby, 40 serialization or deadlock, 53 insufficient resources, 57 operator intervention
+/// such as a shutdown, 58 system error, XX internal, and whatever Pgpool-II reports while it
+/// fails over) is retried.
+const REFUSED_SQLSTATE_CLASSES: [&str; 5] = ["22", "23", "2B", "3F", "42"];
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        let refused = match &error {
+            sqlx::Error::Database(database) => database
+                .code()
+                .is_some_and(|code| REFUSED_SQLSTATE_CLASSES.iter().any(|class| code.starts_with(class))),
+            // The answer does not have the shape this code expects: the schema is not ours.
+            sqlx::Error::ColumnNotFound(_)
+            | sqlx::Error::ColumnIndexOutOfBounds { .. }
+            | sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::TypeNotFound { .. }
+            | sqlx::Error::Decode(_)
+            | sqlx::Error::Configuration(_) => true,
+            _ => false,
+        };
+        if refused { Self::Refused(error) } else { Self::Unavailable(error) }
+    }
 }

@@ -294,14 +294,19 @@ impl Draining {
 }
 
 /// The token that ends accepting: `shutdown` itself without a drain; otherwise one cancelled
-/// `drain` after it, with `draining` set in between.
-fn stop_after_drain(shutdown: &CancellationToken, drain: Duration, draining: &Draining) -> CancellationToken {
+/// `drain` after it, with `draining` set in between, by a task of `tasks`.
+fn stop_after_drain(
+    shutdown: &CancellationToken,
+    drain: Duration,
+    draining: &Draining,
+    tasks: &TaskTracker,
+) -> CancellationToken {
     if drain.is_zero() {
         return shutdown.clone();
     }
     let stop = CancellationToken::new();
     let (signalled, stop_later, draining) = (shutdown.clone(), stop.clone(), draining.clone());
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         signalled.cancelled().await;
         draining.0.store(true, Ordering::Relaxed);
         tracing::info!(
@@ -324,8 +329,9 @@ pub(super) async fn serve(
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let draining = Draining::default();
-    let shutdown = stop_after_drain(&shutdown, limits.0.drain, &draining);
+    // The connections and the drain's timer: all of them have ended when this returns.
     let connections = TaskTracker::new();
+    let shutdown = stop_after_drain(&shutdown, limits.0.drain, &draining, &connections);
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,

@@ -60,6 +60,7 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
+    local_addr: SocketAddr,
     router: Router,
     limits: ConnectionLimits,
 }
@@ -67,15 +68,13 @@ pub struct Server {
 impl Server {
     pub async fn bind(addr: SocketAddr, router: Router, limits: ConnectionLimits) -> io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
-        Ok(Self { listener, router: with_middleware(router), limits })
+        let local_addr = listener.local_addr()?;
+        Ok(Self { listener, local_addr, router: with_middleware(router), limits })
     }
 
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
-    pub fn port(&self) -> u16 {
-        self.local_addr().map(|a| a.port()).unwrap_or(0)
+    /// The address bound, with the port the system chose for port 0.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> io::Result<()> {

@@ -61,6 +61,12 @@ impl Feed {
     }
 }
 
+/// How long subscribing to the store's changes may take. A subscription is a connection and a
+/// `LISTEN`; sent on a pooled connection to a Pgpool-II whose node went silently, the `LISTEN`
+/// waited for an answer for as long as the kernel kept the connection, and every re-read with
+/// it: in a Swarm run both result services answered 503 for minutes after such a node came back.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The writing side: the task that follows the store.
 #[derive(Debug)]
 pub struct Follow<S> {
@@ -77,10 +83,16 @@ impl<S: VoteStore> Follow<S> {
         let mut every = tokio::time::interval(self.refresh);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !shutdown.is_cancelled() {
-            let mut changes = match self.store.changes().await {
-                Ok(changes) => Some(changes),
-                Err(e) => {
+            let mut changes = match tokio::time::timeout(SUBSCRIBE_TIMEOUT, self.store.changes()).await {
+                Ok(Ok(changes)) => Some(changes),
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "cannot subscribe to store changes; polling until it can");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "no answer to subscribing to store changes in {SUBSCRIBE_TIMEOUT:?}; polling until it can"
+                    );
                     None
                 }
             };
@@ -134,5 +146,66 @@ impl<S: VoteStore> Follow<S> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future;
+
+    use voting_core::domain::QueuedVote;
+    use voting_core::store::StoreError;
+    use voting_core::{OptionId, Tallies};
+
+    use super::*;
+
+    /// A store that reads, but whose subscriptions never answer: a `LISTEN` sent to a peer that
+    /// is gone.
+    #[derive(Debug, Clone)]
+    struct SilentSubscriptions;
+
+    struct NoChanges;
+
+    impl ChangeFeed for NoChanges {
+        async fn changed(&mut self) -> Result<(), StoreError> {
+            future::pending().await
+        }
+    }
+
+    impl VoteStore for SilentSubscriptions {
+        type Changes = NoChanges;
+
+        async fn apply(&self, _votes: &[QueuedVote]) -> Result<(), StoreError> {
+            Ok(())
+        }
+
+        async fn tallies(&self) -> Result<Tallies, StoreError> {
+            Ok(Tallies::from([(OptionId::parse("a").unwrap(), 3)]))
+        }
+
+        async fn changes(&self) -> Result<NoChanges, StoreError> {
+            future::pending().await
+        }
+
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subscription_that_never_answers_does_not_stop_the_reads() {
+        let ballot = Ballot::parse("a=Cats,b=Dogs").unwrap();
+        let (feed, follow) = Feed::new(ballot, SilentSubscriptions, Duration::from_millis(100));
+        let shutdown = CancellationToken::new();
+        let following = tokio::spawn(follow.run(shutdown.clone()));
+
+        let mut latest = feed.subscribe();
+        tokio::time::timeout(SUBSCRIBE_TIMEOUT * 3, latest.wait_for(|snapshot| snapshot.results.total == 3))
+            .await
+            .expect("the tallies were read although subscribing hung")
+            .unwrap();
+        assert!(feed.ready().is_ok());
+        shutdown.cancel();
+        following.await.unwrap();
     }
 }

@@ -1,6 +1,7 @@
 //! The result service: the live results page, `/api/results`, and `/events` (Server-Sent
 //! Events). One [`feed`] per process keeps the latest tallies; every client reads from it.
 
+pub mod args;
 pub mod feed;
 mod stream;
 
@@ -25,6 +26,7 @@ use voting_core::store::VoteStore;
 use self::feed::{Feed, Snapshot};
 use crate::http::connection::ConnectionLimits;
 use crate::http::{Server, compressed, health_routes};
+use crate::service::Service;
 
 /// SSE comments keep idle connections open through proxies; below their usual 30–60 s idle
 /// timeouts.
@@ -32,6 +34,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Clone)]
 pub struct ResultConfig {
+    pub addr: SocketAddr,
     pub ballot: Ballot,
     /// Longest time between two reads of the tallies, whatever notifications say: repairs
     /// anything a lost notification missed.
@@ -46,7 +49,9 @@ struct AppState {
     feed: Feed,
     ballot: Ballot,
     instance: String,
-    shutdown: CancellationToken,
+    /// Ends the event streams served through axum, which would otherwise hold graceful
+    /// shutdown open forever.
+    end_streams: CancellationToken,
 }
 
 /// The bound result service and its feed task.
@@ -58,26 +63,21 @@ pub struct ResultService {
     /// Stops the feed once the server has stopped (or this is dropped unrun): a draining
     /// server still answers with live tallies.
     feed_stop: DropGuard,
-    shutdown: CancellationToken,
+    end_streams: CancellationToken,
 }
 
 impl ResultService {
-    /// Binds and starts following the store. `shutdown` also ends open event streams, which
-    /// would otherwise hold graceful shutdown open forever.
-    pub async fn build<S: VoteStore>(
-        addr: SocketAddr,
-        config: ResultConfig,
-        store: S,
-        shutdown: CancellationToken,
-    ) -> std::io::Result<Self> {
+    /// Binds and starts following the store.
+    pub async fn build<S: VoteStore>(config: ResultConfig, store: S) -> std::io::Result<Self> {
         let (feed, follow) = Feed::new(config.ballot.clone(), store, config.refresh);
         let feed_stop = CancellationToken::new();
         let feed_task = tokio::spawn(follow.run(feed_stop.clone()));
+        let end_streams = CancellationToken::new();
         let state = AppState {
             feed: feed.clone(),
             ballot: config.ballot,
             instance: config.instance,
-            shutdown: shutdown.clone(),
+            end_streams: end_streams.clone(),
         };
         let ready_feed = feed.clone();
         let ready = move || {
@@ -92,21 +92,31 @@ impl ResultService {
         let router = compressed(pages)
             .merge(Router::new().route("/events", get(events)).with_state(state))
             .merge(health_routes(ready));
-        let server = Server::bind(addr, router, config.connections).await?;
-        Ok(Self { server, feed, feed_task, feed_stop: feed_stop.drop_guard(), shutdown })
+        let server = Server::bind(config.addr, router, config.connections).await?;
+        Ok(Self { server, feed, feed_task, feed_stop: feed_stop.drop_guard(), end_streams })
+    }
+}
+
+impl Service for ResultService {
+    fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
     }
 
-    pub fn port(&self) -> u16 {
-        self.server.port()
-    }
-
-    pub async fn run(self) -> std::io::Result<()> {
-        let served = self.server.run_diverted(stream::divert(self.feed, KEEP_ALIVE), self.shutdown).await;
+    /// Serves until `shutdown` (open event streams end at once, so clients reconnect to
+    /// another replica), then stops the feed and waits for it.
+    async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // The server returns only after `shutdown`, so waiting for both ends.
+        let end_streams = async {
+            shutdown.cancelled().await;
+            self.end_streams.cancel();
+        };
+        let serve = self.server.run_diverted(stream::divert(self.feed, KEEP_ALIVE), shutdown.clone());
+        let (served, ()) = tokio::join!(serve, end_streams);
         drop(self.feed_stop);
         if let Err(e) = self.feed_task.await {
             tracing::error!(error = %e, "result feed task failed");
         }
-        served
+        Ok(served?)
     }
 }
 
@@ -123,7 +133,7 @@ async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<
     // The watch keeps only the latest snapshot: a slow client skips straight to it.
     let stream = WatchStream::new(state.feed.subscribe())
         .map(|snapshot: Snapshot| Ok(Event::default().data(snapshot.json.as_ref())))
-        .take_until(state.shutdown.cancelled_owned());
+        .take_until(state.end_streams.cancelled_owned());
     Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
 }
 

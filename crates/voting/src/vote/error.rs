@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use axum::Json;
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use voting_core::queue::QueueError;
 
 use super::body::BadBody;
@@ -55,11 +57,39 @@ impl VoteError {
     }
 
     /// Logs once, where the request ends; the cause chain only for our own failures.
-    pub fn log(&self) {
+    fn log(&self) {
         match self {
             Self::Unavailable(cause) => tracing::warn!(error = %cause, "vote not recorded"),
             other => tracing::info!(error = %other, "vote rejected"),
         }
+    }
+
+    /// `body` as the answer to this failure: logged, with its status already, and with the
+    /// headers that tell clients when to retry and those who count votes (`voting load
+    /// --verify`) whether this one may have been recorded after all.
+    pub fn in_place_of(self, mut body: Response) -> Response {
+        self.log();
+        let headers = body.headers_mut();
+        if let Some(seconds) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Self::Unavailable(cause) = &self
+            && cause.outcome_unknown()
+        {
+            headers.insert(VOTE_OUTCOME, HeaderValue::from_static("unknown"));
+        }
+        body
+    }
+}
+
+/// Set to `unknown` on a 503 whose vote may have been recorded nonetheless.
+pub const VOTE_OUTCOME: HeaderName = HeaderName::from_static("vote-outcome");
+
+/// The JSON API's answer: `{"error": "..."}` with the status and headers of the failure.
+impl IntoResponse for VoteError {
+    fn into_response(self) -> Response {
+        let body = (self.status(), Json(serde_json::json!({ "error": self.to_string() }))).into_response();
+        self.in_place_of(body)
     }
 }
 

@@ -11,6 +11,7 @@
 //! body is read within its limits and parsed ([`body`]), and a request that creates a new
 //! voter counts against its client's allowance ([`limit`]).
 
+pub mod args;
 pub mod body;
 pub mod cookie;
 pub mod error;
@@ -29,6 +30,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 use voting_core::queue::VoteQueue;
 use voting_core::{Ballot, BallotOption, Vote, VoterId};
 
@@ -41,9 +43,11 @@ use self::recent::RecentChoices;
 use crate::http::client::client_ip;
 use crate::http::connection::ConnectionLimits;
 use crate::http::{Server, came_over_https, compressed, health_routes};
+use crate::service::Service;
 
 #[derive(Debug, Clone)]
 pub struct VoteConfig {
+    pub addr: SocketAddr,
     pub ballot: Ballot,
     pub cookie_key: CookieKey,
     /// Shown in the page footer.
@@ -67,10 +71,32 @@ struct AppState<Q> {
     new_voters: NewVoterLimit,
 }
 
-/// Binds the vote service; [`Server::run`] serves it.
-pub async fn build<Q: VoteQueue>(addr: SocketAddr, config: VoteConfig, queue: Q) -> std::io::Result<Server> {
-    let connections = config.connections.clone();
-    Server::bind(addr, router(config, queue), connections).await
+/// The bound vote service.
+#[derive(Debug)]
+pub struct VoteService<Q> {
+    server: Server,
+    queue: Q,
+}
+
+impl<Q: VoteQueue> VoteService<Q> {
+    pub async fn build(config: VoteConfig, queue: Q) -> std::io::Result<Self> {
+        let (addr, connections) = (config.addr, config.connections.clone());
+        let server = Server::bind(addr, router(config, queue.clone()), connections).await?;
+        Ok(Self { server, queue })
+    }
+}
+
+impl<Q: VoteQueue> Service for VoteService<Q> {
+    fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Serves until `shutdown`, then waits for the queue to finish writing the votes in hand.
+    async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let served = self.server.run(shutdown).await;
+        self.queue.close().await;
+        Ok(served?)
+    }
 }
 
 pub fn router<Q: VoteQueue>(config: VoteConfig, queue: Q) -> Router {
@@ -217,11 +243,10 @@ async fn vote_form<Q: VoteQueue>(
             set_cookie(&mut response, voter.new_cookie);
             response
         }
+        // The original app's contract: the page again, with the error where the choice shows.
         Err(e) => {
-            e.log();
-            let mut response = page(None, Some(e.to_string())).render_with(e.status());
-            retry_after(&mut response, &e);
-            response
+            let page = page(None, Some(e.to_string())).render_with(e.status());
+            e.in_place_of(page)
         }
     }
 }
@@ -232,32 +257,17 @@ struct VoteAccepted {
     vote: String,
 }
 
-#[derive(Debug, Serialize)]
-struct ApiError {
-    error: String,
-}
-
 async fn vote_api<Q: VoteQueue>(
     State(state): State<Arc<AppState<Q>>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    let outcome = accept(&state, peer, &headers, body, body::parse_json).await;
-    match outcome {
-        Ok((voter, option)) => {
-            let accepted = VoteAccepted { voter_id: voter.id.to_string(), vote: option.id.to_string() };
-            let mut response = (StatusCode::ACCEPTED, Json(accepted)).into_response();
-            set_cookie(&mut response, voter.new_cookie);
-            response
-        }
-        Err(e) => {
-            e.log();
-            let mut response = (e.status(), Json(ApiError { error: e.to_string() })).into_response();
-            retry_after(&mut response, &e);
-            response
-        }
-    }
+) -> Result<Response, VoteError> {
+    let (voter, option) = accept(&state, peer, &headers, body, body::parse_json).await?;
+    let accepted = VoteAccepted { voter_id: voter.id.to_string(), vote: option.id.to_string() };
+    let mut response = (StatusCode::ACCEPTED, Json(accepted)).into_response();
+    set_cookie(&mut response, voter.new_cookie);
+    Ok(response)
 }
 
 fn set_cookie(response: &mut Response, cookie: Option<String>) {
@@ -265,22 +275,6 @@ fn set_cookie(response: &mut Response, cookie: Option<String>) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
 }
-
-/// Tells clients when to retry, and those who count votes (`voting load --verify`) whether
-/// this one may have been recorded after all.
-fn retry_after(response: &mut Response, error: &VoteError) {
-    if let Some(seconds) = error.retry_after() {
-        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
-    }
-    if let VoteError::Unavailable(cause) = error
-        && cause.outcome_unknown()
-    {
-        response.headers_mut().insert(VOTE_OUTCOME, header::HeaderValue::from_static("unknown"));
-    }
-}
-
-/// Set to `unknown` on a 503 whose vote may have been recorded nonetheless.
-pub const VOTE_OUTCOME: header::HeaderName = header::HeaderName::from_static("vote-outcome");
 
 #[cfg(test)]
 mod tests {
@@ -290,7 +284,7 @@ mod tests {
     use proptest::prelude::*;
     use tower::ServiceExt;
     use voting_core::queue::embedded::EmbeddedQueue;
-    use voting_core::queue::{ConsumerSettings, QueueConsumer};
+    use voting_core::queue::{ConsumerGroup, ConsumerSettings, QueueConsumer};
 
     use super::*;
 
@@ -324,6 +318,7 @@ mod tests {
         let data = tempfile::tempdir().unwrap();
         let queue = runtime.block_on(EmbeddedQueue::open(&data.path().join("queue.sqlite"))).unwrap();
         let config = VoteConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             ballot: Ballot::parse("a=Cats,b=Dogs,c=Birds").unwrap(),
             cookie_key: CookieKey::random(),
             instance: "proptest".into(),
@@ -366,7 +361,7 @@ mod tests {
                 claim_idle: Duration::from_secs(60),
                 block: Duration::from_millis(10),
             };
-            queue.consumer(settings).await.unwrap().next_batch().await.unwrap().len()
+            queue.join(settings).await.unwrap().next_batch().await.unwrap().len()
         });
         assert_eq!(queued, accepted.get(), "votes queued vs votes acknowledged");
         assert!(accepted.get() > 0, "the strategy produces valid votes too");

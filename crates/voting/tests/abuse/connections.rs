@@ -145,7 +145,7 @@ async fn a_body_that_arrives_too_slowly_gets_408_not_503() {
 async fn connections_are_capped_per_client_address_and_per_process() {
     // Only 127.0.0.1 is a trusted proxy here, so 127.0.0.2 and 127.0.0.3 are two clients.
     let limits = ConnectionLimits::new(Some(40), 10, "127.0.0.1/32".parse().unwrap());
-    let system = InProcess::start(|config| config.connections = limits.clone()).await;
+    let system = InProcess::start(|config| config.set_connections(limits.clone())).await;
     let (one, other): (IpAddr, IpAddr) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
 
     let held = hold(one, system.vote, 10).await;
@@ -215,8 +215,8 @@ async fn an_event_stream_client_that_stops_reading_is_dropped_at_the_write_deadl
     let ballot = voting_core::Ballot::parse(&options.join(",")).unwrap();
     let limits = ConnectionLimits::default();
     let system = InProcess::start(|config| {
-        config.ballot = ballot;
-        config.connections = limits.clone();
+        config.set_ballot(ballot);
+        config.set_connections(limits.clone());
     })
     .await;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -255,7 +255,7 @@ async fn a_draining_server_fails_its_health_check_and_closes_each_connection_bef
         Router::new().route("/", get(|| async { "served" })).merge(health_routes(|| async { Ok(()) }));
     let server =
         Server::bind(crate::ANY_PORT, router, ConnectionLimits::default().draining_for(drain)).await.unwrap();
-    let url = format!("http://{}", server.local_addr().unwrap());
+    let url = format!("http://{}", server.local_addr());
     let shutdown = CancellationToken::new();
     let serving = tokio::spawn(server.run(shutdown.clone()));
     let http = reqwest::Client::new();

@@ -99,7 +99,7 @@ async fn panicking() -> &'static str {
 async fn a_panic_in_one_request_is_a_500_and_the_service_keeps_serving() {
     let router = Router::new().route("/panic", get(panicking)).route("/fine", get(|| async { "fine" }));
     let server = Server::bind(ANY_PORT, router, ConnectionLimits::default()).await.unwrap();
-    let url = format!("http://{}", server.local_addr().unwrap());
+    let url = format!("http://{}", server.local_addr());
     let shutdown = CancellationToken::new();
     let serving = tokio::spawn(server.run(shutdown.clone()));
     let http = reqwest::Client::new();

@@ -38,23 +38,13 @@ impl InProcess {
     /// With the defaults of the command line, changed by `tweak`.
     pub async fn start(tweak: impl FnOnce(&mut UpConfig)) -> Self {
         let data = tempfile::tempdir().unwrap();
-        let mut config = UpConfig {
-            data_dir: data.path().join("data"),
-            vote_addr: ANY_PORT,
-            result_addr: ANY_PORT,
-            ballot: voting_core::Ballot::parse("a=Cats,b=Dogs,c=Birds").unwrap(),
-            cookie_key: None,
-            instance: "abuse".into(),
-            new_voters: Default::default(),
-            public_origins: Default::default(),
-            connections: Default::default(),
-        };
+        let data_dir = data.path().join("data");
+        let mut config = UpConfig::on_any_loopback_port(&data_dir, "a=Cats,b=Dogs,c=Birds").unwrap();
         tweak(&mut config);
         let shutdown = CancellationToken::new();
-        let up = Up::build(config, shutdown.clone()).await.expect("voting up builds");
-        let vote = up.vote_addr().unwrap();
-        let result = SocketAddr::new(vote.ip(), up.result_port());
-        let running = Some(tokio::spawn(up.run()));
+        let up = Up::build(config).await.expect("voting up builds");
+        let (vote, result) = (up.vote_addr(), up.result_addr());
+        let running = Some(tokio::spawn(up.run(shutdown.clone())));
         // A connection per request, closed after it: tests count the connections they open.
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))

@@ -4,8 +4,10 @@ use crate::InProcess;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn posts_from_other_sites_are_refused_and_same_origin_and_header_less_ones_accepted() {
-    let system =
-        InProcess::start(|config| config.public_origins = "https://vote.example.com".parse().unwrap()).await;
+    let system = InProcess::start(|config| {
+        config.system.vote.public_origins = "https://vote.example.com".parse().unwrap()
+    })
+    .await;
     let own = format!("http://{}", system.vote);
     let post = async |path: &str, headers: &[(&str, &str)]| {
         let mut request = system.http.post(format!("{own}{path}"));

@@ -64,8 +64,8 @@ fn ip(s: &str) -> IpAddr {
 /// voter during a test.
 async fn limited_system() -> InProcess {
     InProcess::start(|config| {
-        config.new_voters = NewVoterPolicy { rate: 0.1, burst: 20, exempt: Cidrs::default() };
-        config.connections = ConnectionLimits::new(None, 256, "127.0.0.1/32".parse().unwrap());
+        config.system.vote.new_voters = NewVoterPolicy { rate: 0.1, burst: 20, exempt: Cidrs::default() };
+        config.set_connections(ConnectionLimits::new(None, 256, "127.0.0.1/32".parse().unwrap()));
     })
     .await
 }

@@ -1,21 +1,24 @@
-//! `TestSystem`: real Redis and PostgreSQL processes, and the vote, worker and result
-//! services built in this process on port 0, with typed helpers for what tests do.
+//! `TestSystem`: real Redis and PostgreSQL processes, and the system (vote, worker and result,
+//! composed as `voting up` composes them) built in this process on port 0, with typed helpers
+//! for what tests do.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use voting::http::connection::ConnectionLimits;
-use voting::result::{ResultConfig, ResultService};
+use voting::result::ResultConfig;
+use voting::system::{System, SystemConfig};
 use voting::vote::VoteConfig;
 use voting::vote::cookie::CookieKey;
 use voting::vote::limit::NewVoterPolicy;
 use voting::vote::origin::PublicOrigins;
 use voting::worker::{Worker, WorkerConfig};
-use voting_core::queue::redis::RedisQueue;
-use voting_core::queue::{ConsumerSettings, Durability};
+use voting_core::queue::Durability;
+use voting_core::queue::redis::{RedisConsumerGroup, RedisQueue};
+use voting_core::store::StoreError;
 use voting_core::store::postgres::PostgresStore;
 use voting_core::{Ballot, Results};
 pub use voting_testkit::eventually;
@@ -69,9 +72,9 @@ impl TestSystem {
         let store = PostgresStore::connect_lazy(&postgres.url(), 4).unwrap();
         store.migrate().await.expect("schema migrates");
 
-        let vote = voting::vote::build(
-            ANY_PORT,
-            VoteConfig {
+        let config = SystemConfig {
+            vote: VoteConfig {
+                addr: ANY_PORT,
                 ballot: ballot.clone(),
                 cookie_key: CookieKey::new(b"test cookie key, 32 bytes long!!"),
                 instance: "test".into(),
@@ -79,55 +82,42 @@ impl TestSystem {
                 public_origins: PublicOrigins::default(),
                 connections: ConnectionLimits::default(),
             },
-            RedisQueue::new(&redis.url(), Durability::Fast, Duration::from_millis(100)).unwrap(),
-        )
-        .await
-        .unwrap();
-        let result = ResultService::build(
-            ANY_PORT,
-            ResultConfig {
-                ballot: ballot.clone(),
+            result: ResultConfig {
+                addr: ANY_PORT,
+                ballot,
                 refresh: Duration::from_millis(1000),
                 instance: "test".into(),
                 connections: ConnectionLimits::default(),
             },
-            store,
-            shutdown.clone(),
-        )
-        .await
-        .unwrap();
-        let mut system = Self {
-            vote_url: format!("http://127.0.0.1:{}", vote.port()),
-            result_url: format!("http://127.0.0.1:{}", result.port()),
+            worker: worker_config(options.claim_idle),
+            workers: options.workers,
+        };
+        let queue = RedisQueue::new(&redis.url(), Durability::Fast, Duration::from_millis(100)).unwrap();
+        let group = RedisConsumerGroup::new(&redis.url()).unwrap();
+        let system = System::build(config, queue, group, store).await.unwrap();
+        let vote_url = format!("http://{}", system.vote_addr());
+        let result_url = format!("http://{}", system.result_addr());
+        let running = tokio::spawn(system.run(shutdown.clone()));
+        Self {
+            vote_url,
+            result_url,
             redis,
             postgres,
-
             http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(),
-            tasks: Vec::new(),
-            shutdown: shutdown.clone(),
-        };
-        let token = shutdown.clone();
-        system.tasks.push(tokio::spawn(async move { vote.run(token).await.unwrap() }));
-        system.tasks.push(tokio::spawn(async move { result.run().await.unwrap() }));
-        for _ in 0..options.workers {
-            system.spawn_worker(options.claim_idle, shutdown.child_token());
+            tasks: vec![tokio::spawn(async move { running.await.unwrap().expect("the system runs") })],
+            shutdown,
         }
-        system
     }
 
     /// A worker in this process; cancelling `stop` stops it after its batch.
-    pub fn spawn_worker(&mut self, claim_idle: Duration, stop: CancellationToken) -> JoinHandle<()> {
+    pub fn spawn_worker(
+        &mut self,
+        claim_idle: Duration,
+        stop: CancellationToken,
+    ) -> JoinHandle<Result<(), StoreError>> {
         let worker = Worker::new(
-            WorkerConfig {
-                consumer: ConsumerSettings {
-                    name: voting::worker::consumer_name("test"),
-                    batch_size: 100,
-                    claim_idle,
-                    block: Duration::from_millis(200),
-                },
-                trim_every: Duration::from_millis(500),
-            },
-            RedisQueue::new(&self.redis.url(), Durability::Fast, Duration::from_millis(100)).unwrap(),
+            worker_config(claim_idle),
+            RedisConsumerGroup::new(&self.redis.url()).unwrap(),
             PostgresStore::connect_lazy(&self.postgres.url(), 2).unwrap(),
         );
         tokio::spawn(worker.run(stop))
@@ -163,15 +153,9 @@ impl TestSystem {
 
     /// Waits until `/api/results` shows exactly `expected` (a, b, c), or panics with what it shows.
     pub async fn wait_for_counts(&self, expected: [u64; 3]) {
-        let deadline = Instant::now() + SETTLE;
-        loop {
-            let counts: Vec<u64> = self.counts().await.into_iter().map(|(_, n)| n).collect();
-            if counts == expected {
-                return;
-            }
-            assert!(Instant::now() < deadline, "results stayed at {counts:?}, expected {expected:?}");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let counts = async || -> Vec<u64> { self.counts().await.into_iter().map(|(_, n)| n).collect() };
+        let reached = eventually(SETTLE, async || counts().await == expected).await;
+        assert!(reached, "results stayed at {:?}, expected {expected:?}", counts().await);
     }
 
     pub fn redis_command(&self, args: &[&str]) -> String {
@@ -196,6 +180,17 @@ impl TestSystem {
             Ok(response) => response.status(),
             Err(_) => StatusCode::BAD_GATEWAY,
         }
+    }
+}
+
+/// Small batches and short waits, so tests see claims, trims and redeliveries quickly.
+pub fn worker_config(claim_idle: Duration) -> WorkerConfig {
+    WorkerConfig {
+        instance: "test".into(),
+        batch_size: 100,
+        claim_idle,
+        block: Duration::from_millis(200),
+        trim_every: Duration::from_millis(500),
     }
 }
 

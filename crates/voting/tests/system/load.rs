@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use voting::load::{LoadPlan, Report};
+use voting_load::{LoadPlan, Report};
 use voting_testkit::free_port;
 
 use crate::helpers::{SETTLE, TestSystem, UpProcess, eventually};
@@ -30,7 +30,7 @@ fn plan(vote_url: &str, result_url: &str, votes: u64, voters: Option<u64>) -> Lo
 async fn twenty_thousand_votes_from_voters_who_change_their_minds_are_counted_exactly() {
     let system = TestSystem::start().await;
     let report =
-        voting::load::run(plan(&system.vote_url, &system.result_url, 20_000, Some(2_000))).await.unwrap();
+        voting_load::run(plan(&system.vote_url, &system.result_url, 20_000, Some(2_000))).await.unwrap();
     println!("{report}");
     let verify = report.verify.as_ref().unwrap();
     assert_eq!(report.acknowledged, 20_000);
@@ -60,7 +60,7 @@ async fn the_checker_catches_a_vote_the_store_lost() {
         .unwrap();
     let mut plan = plan(&system.vote_url, &system.result_url, 500, None);
     plan.verify_timeout = Duration::from_secs(3);
-    let report: Report = voting::load::run(plan).await.unwrap();
+    let report: Report = voting_load::run(plan).await.unwrap();
     let verify = report.verify.unwrap();
     assert_eq!((verify.lost, verify.extra), (1, 0), "{verify:?}");
     assert!(!verify.passed());
@@ -71,7 +71,7 @@ async fn the_checker_catches_a_vote_counted_that_nobody_cast() {
     let system = TestSystem::start().await;
     let mut plan = plan(&system.vote_url, &system.result_url, 2_000, None);
     plan.verify_timeout = Duration::from_secs(3);
-    let load = tokio::spawn(voting::load::run(plan));
+    let load = tokio::spawn(voting_load::run(plan));
     // Once the run is under way, slip in a vote that never went through the vote service.
     assert!(eventually(SETTLE, async || system.results().await.total >= 10).await);
     system
@@ -110,7 +110,7 @@ async fn an_outage_during_the_run_is_reported_where_it_happened_and_loses_nothin
     let mut system = TestSystem::start().await;
     let mut plan = plan(&system.vote_url, &system.result_url, 0, None);
     (plan.votes, plan.duration, plan.rate) = (None, Some(Duration::from_secs(4)), Some(200.0));
-    let load = tokio::spawn(voting::load::run(plan));
+    let load = tokio::spawn(voting_load::run(plan));
 
     // The failure is scheduled into the run: about 1 s of votes before it, 2 s after.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -132,4 +132,38 @@ async fn an_outage_during_the_run_is_reported_where_it_happened_and_loses_nothin
         "it lasted as long as Redis was down ({down_for:.2} s): {outage:?}"
     );
     assert_eq!(report.longest_outage_s, outage.seconds());
+}
+
+/// A listener on `addr` that never accepts and whose queue is full: the kernel drops every
+/// further SYN, as a dead node's address does.
+fn silent_listener(addr: std::net::SocketAddr) -> (socket2::Socket, Vec<std::net::TcpStream>) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&addr.into()).unwrap();
+    socket.listen(0).unwrap();
+    let queued = (0..2)
+        .filter_map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok())
+        .collect();
+    (socket, queued)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_first_address_is_silent_is_reached_at_the_next_and_no_vote_is_lost() {
+    let system = TestSystem::start().await;
+    let port: u16 = system.vote_url.rsplit(':').next().unwrap().parse().unwrap();
+    let dead = std::net::SocketAddr::from(([127, 0, 0, 2], port));
+    let _silent = silent_listener(dead);
+    assert!(
+        std::net::TcpStream::connect_timeout(&dead, Duration::from_millis(300)).is_err(),
+        "the first address does not answer"
+    );
+    let mut plan = plan(&format!("http://vote.test:{port}"), &system.result_url, 300, None);
+    plan.connection = voting_load::Connection::new(
+        &[],
+        vec![voting_load::parse_resolve("vote.test:127.0.0.2,127.0.0.1").unwrap()],
+    )
+    .unwrap();
+    let report = voting_load::run(plan).await.unwrap();
+    let verify = report.verify.as_ref().unwrap();
+    assert_eq!((report.acknowledged, report.unknown, report.refused), (300, 0, 0), "{report}");
+    assert!(verify.passed(), "{report}");
 }

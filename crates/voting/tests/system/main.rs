@@ -6,5 +6,6 @@ mod bad_input;
 mod helpers;
 mod load;
 mod outages;
+mod roles;
 mod votes;
 mod worker;

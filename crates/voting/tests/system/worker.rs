@@ -2,11 +2,10 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use tokio_util::sync::CancellationToken;
-use voting_core::queue::Durability;
-use voting_core::queue::VoteQueue;
-use voting_core::queue::redis::RedisQueue;
-use voting_core::store::VoteStore;
+use voting_core::queue::ConsumerGroup;
+use voting_core::queue::redis::RedisConsumerGroup;
 use voting_core::store::postgres::PostgresStore;
+use voting_core::store::{StoreError, VoteStore};
 use voting_core::{OptionId, QueuePosition, QueuedVote, Vote, VoterId};
 use voting_testkit::Process;
 
@@ -53,8 +52,8 @@ async fn two_workers_share_the_load_without_double_counting() {
     );
 
     stop.cancel();
-    first.await.unwrap();
-    second.await.unwrap();
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,6 +122,48 @@ async fn redelivered_or_reordered_batches_change_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_or_read_the_store_does_not_answer_is_given_up_and_its_connection_not_reused() {
+    let system = TestSystem::start_with(Options { workers: 0, ..Options::default() }).await;
+    // One connection: were the silent one returned to the pool, nothing else could run.
+    let store = PostgresStore::connect_lazy(&system.postgres.url(), 1)
+        .unwrap()
+        .with_answer_timeout(Duration::from_millis(500));
+    // The batch's first statement waits on this lock: to the store's client, a store that
+    // has stopped answering (a Pgpool-II whose node died sends no more than that).
+    let blocker = PostgresStore::connect_lazy(&system.postgres.url(), 1).unwrap();
+    let mut tx = blocker.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE tallies IN ACCESS EXCLUSIVE MODE").execute(&mut *tx).await.unwrap();
+    let votes = [QueuedVote {
+        position: QueuePosition { major: 1, minor: 0 },
+        vote: Vote { voter: VoterId::random(), option: OptionId::parse("a").unwrap(), cast_at_ms: 0 },
+    }];
+
+    let given_up = tokio::time::timeout(Duration::from_secs(5), store.apply(&votes))
+        .await
+        .expect("the store gave the batch up instead of waiting for an answer");
+    let error = given_up.unwrap_err();
+    assert!(error.is_transient(), "a batch given up is retried: {error}");
+    // Its connection is gone, not pooled: the one slot serves the next statement at once.
+    tokio::time::timeout(Duration::from_secs(2), store.ping())
+        .await
+        .expect("the pool's only slot is free")
+        .unwrap();
+    // So is a read of the tallies (the result service's), and the slot is free again after it.
+    let read = tokio::time::timeout(Duration::from_secs(5), store.tallies())
+        .await
+        .expect("the store gave the read up instead of waiting for an answer");
+    assert!(read.unwrap_err().is_transient(), "a read given up is retried");
+    tokio::time::timeout(Duration::from_secs(2), store.ping())
+        .await
+        .expect("the pool's only slot is free")
+        .unwrap();
+
+    tx.rollback().await.unwrap();
+    store.apply(&votes).await.unwrap();
+    assert_eq!(system.postgres.psql("SELECT votes FROM tallies WHERE vote = 'a'").unwrap(), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_entry_goes_to_the_dead_letters_and_the_worker_goes_on() {
     let system = TestSystem::start().await;
     system.redis_command(&["XADD", "votes", "*", "voter", "not-a-voter", "option", "a", "cast_at", "1"]);
@@ -140,9 +181,9 @@ async fn a_worker_that_committed_but_died_before_acknowledging_changes_nothing_o
     let mut system = TestSystem::start_with(Options { workers: 0, ..Options::default() }).await;
     let expected = votes_from_changing_voters(&system, 30, 3).await;
     // Play the dying worker: read every entry into the group, apply it, never acknowledge.
-    let queue = RedisQueue::new(&system.redis.url(), Durability::Fast, Duration::from_millis(100)).unwrap();
-    let mut consumer = queue
-        .consumer(voting_core::queue::ConsumerSettings {
+    let group = RedisConsumerGroup::new(&system.redis.url()).unwrap();
+    let mut consumer = group
+        .join(voting_core::queue::ConsumerSettings {
             name: "doomed".into(),
             batch_size: 1000,
             claim_idle: Duration::from_secs(3600),
@@ -165,4 +206,38 @@ async fn a_worker_that_committed_but_died_before_acknowledging_changes_nothing_o
         "the entries were reclaimed and acknowledged"
     );
     assert_eq!(system.counts().await.into_iter().map(|(_, n)| n).collect::<Vec<_>>(), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_refuses_the_batch_for_good_stops_the_worker_and_the_votes_stay_queued() {
+    let mut system = TestSystem::start_with(Options { workers: 0, ..Options::default() }).await;
+    system.postgres.psql("ALTER TABLE votes RENAME TO votes_elsewhere").unwrap();
+    for option in ["a", "b", "c"] {
+        system.vote_as_new_voter(option).await;
+    }
+    let worker = system.spawn_worker(Duration::from_secs(30), CancellationToken::new());
+    let stopped = tokio::time::timeout(SETTLE, worker).await.expect("the worker stops by itself").unwrap();
+    assert!(matches!(stopped, Err(StoreError::Refused(_))), "{stopped:?}");
+    assert_eq!(system.pending(), 3, "nothing was acknowledged");
+
+    // The operator repairs the schema; the next worker stores every vote.
+    system.postgres.psql("ALTER TABLE votes_elsewhere RENAME TO votes").unwrap();
+    let _next = system.spawn_worker(Duration::from_millis(300), CancellationToken::new());
+    system.wait_for_counts([1, 1, 1]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_worker_on_the_same_health_address_says_which_setting_to_change() {
+    let addr = format!("127.0.0.1:{}", voting_testkit::free_port());
+    let envs = [("WORKER_ADDR", addr.as_str()), ("REDIS_URL", "redis://127.0.0.1:1"), ("RUST_LOG", "info")];
+    let mut first = Process::spawn(env!("CARGO_BIN_EXE_voting"), &["worker"], &envs).unwrap();
+    assert!(
+        eventually(SETTLE, async || first.log().contains("worker health endpoints listening")).await,
+        "{}",
+        first.log()
+    );
+    let mut second = Process::spawn(env!("CARGO_BIN_EXE_voting"), &["worker"], &envs).unwrap();
+    assert!(eventually(SETTLE, async || !second.is_running()).await, "the second worker exits");
+    assert!(second.log().contains("WORKER_ADDR"), "{}", second.log());
+    assert!(first.is_running(), "the first one is unharmed");
 }

@@ -14,9 +14,9 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use voting_core::Results;
 
-use super::Outcome;
-use super::connection::Connection;
-use super::report::Percentiles;
+use crate::connection::Connection;
+use crate::outcome::Outcome;
+use crate::percentiles::Percentiles;
 
 /// What one voter's counted vote may be: one of `options`, or nothing if `none`.
 #[derive(Debug, Clone)]
@@ -34,7 +34,7 @@ impl Default for Possible {
 impl Possible {
     /// Folds in the voter's next vote. Votes of one voter never overlap, so an acknowledged
     /// vote replaces whatever came before it.
-    pub(super) fn record(&mut self, option: usize, outcome: Outcome) {
+    pub(crate) fn record(&mut self, option: usize, outcome: Outcome) {
         match outcome {
             Outcome::Acknowledged => {
                 self.options = vec![option];
@@ -165,6 +165,8 @@ impl Checker {
         Ok(Self { client, results_url, positions, baseline, events, baseline_total: results.total })
     }
 
+    /// Waits until the counts match `expectation` or `timeout` runs out, and says how they
+    /// compare; with the event log, also how long each vote took to reach the screen.
     pub async fn verify(
         &mut self,
         expectation: Expectation,
@@ -172,8 +174,33 @@ impl Checker {
         load_ended: Instant,
         timeout: Duration,
     ) -> anyhow::Result<Verification> {
-        let deadline = Instant::now() + timeout;
-        let (counted, lost, extra, converged) = loop {
+        let (counted, lost, extra) = self.wait_for_counts(&expectation, Instant::now() + timeout).await?;
+        let converged = lost == 0 && extra == 0;
+        let converge_ms = load_ended.elapsed().as_millis() as u64;
+        let vote_to_screen_ms = match self.events.take() {
+            Some(events) => self.screen_delays(events, acknowledged_at, converged).await,
+            None => None,
+        };
+        Ok(Verification {
+            expected: expectation.certain.iter().sum(),
+            counted: counted.iter().sum(),
+            lost,
+            extra,
+            unknown: expectation.uncertain,
+            converged,
+            converge_ms,
+            vote_to_screen_ms,
+        })
+    }
+
+    /// The counts of this run per option, as soon as nothing is lost or extra, or at the
+    /// deadline however they are; with (lost, extra).
+    async fn wait_for_counts(
+        &self,
+        expectation: &Expectation,
+        deadline: Instant,
+    ) -> anyhow::Result<(Vec<i64>, u64, u64)> {
+        loop {
             let counted: Vec<i64> = match fetch(&self.client, &self.results_url).await {
                 Ok(results) => self
                     .positions
@@ -189,40 +216,32 @@ impl Checker {
                 Err(e) => return Err(e.context("reading the results")),
             };
             let (lost, extra) = expectation.compare(&counted);
-            let converged = lost == 0 && extra == 0;
-            if converged || Instant::now() >= deadline {
-                break (counted, lost, extra, converged);
+            if (lost == 0 && extra == 0) || Instant::now() >= deadline {
+                return Ok((counted, lost, extra));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let converge_ms = load_ended.elapsed().as_millis() as u64;
-        let vote_to_screen_ms = match self.events.take() {
-            Some((events, task)) => {
-                // `/api/results` and `/events` may come from different replicas: give the
-                // stream a moment to show what the API already does.
-                let shown = self.baseline_total + acknowledged_at.len() as u64;
-                let caught_up =
-                    || events.lock().expect("events lock").last().is_some_and(|&(_, t)| t >= shown);
-                let wait_until = Instant::now() + Duration::from_secs(10);
-                while converged && !caught_up() && Instant::now() < wait_until {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                task.abort();
-                let events = events.lock().expect("events lock").clone();
-                vote_to_screen(acknowledged_at, &events, self.baseline_total)
-            }
-            None => None,
-        };
-        Ok(Verification {
-            expected: expectation.certain.iter().sum(),
-            counted: counted.iter().sum(),
-            lost,
-            extra,
-            unknown: expectation.uncertain,
-            converged,
-            converge_ms,
-            vote_to_screen_ms,
-        })
+        }
+    }
+
+    /// Vote-to-screen delays from the `/events` log; once it shows every vote of the run, if
+    /// the counts `converged` (else it never will).
+    async fn screen_delays(
+        &self,
+        (events, task): (EventLog, tokio::task::JoinHandle<()>),
+        acknowledged_at: &[Instant],
+        converged: bool,
+    ) -> Option<Percentiles> {
+        // `/api/results` and `/events` may come from different replicas: give the stream a
+        // moment to show what the API already does.
+        let shown = self.baseline_total + acknowledged_at.len() as u64;
+        let caught_up = || events.lock().expect("events lock").last().is_some_and(|&(_, t)| t >= shown);
+        let wait_until = Instant::now() + Duration::from_secs(10);
+        while converged && !caught_up() && Instant::now() < wait_until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        task.abort();
+        let events = events.lock().expect("events lock").clone();
+        vote_to_screen(acknowledged_at, &events, self.baseline_total)
     }
 }
 
@@ -243,7 +262,7 @@ async fn follow(
     // 15 s keep a healthy stream under the read timeout.
     let client = connection
         .client()
-        .connect_timeout(Duration::from_secs(3))
+        .connect_timeout(connection.connect_timeout(Duration::from_secs(30)))
         .read_timeout(Duration::from_secs(30))
         .build()?;
     let url = format!("{base}/events");
@@ -318,8 +337,8 @@ fn vote_to_screen(
 
 #[cfg(test)]
 mod tests {
-    use super::super::ErrorKind;
     use super::*;
+    use crate::outcome::ErrorKind;
 
     fn voter(votes: &[(usize, Outcome)]) -> Possible {
         let mut possible = Possible::default();
