@@ -375,17 +375,44 @@ class Swarm:
 
 # -- who would accept a write, sampled in every member -------------------------------------
 
+
+def redis_config(name: str, path: Path = REPO / "deploy" / "redis" / "redis.conf") -> str:
+    """The value of `name` in the Redis configuration the stack ships."""
+    for line in path.read_text().splitlines():
+        fields = line.split()
+        if len(fields) == 2 and fields[0] == name:
+            return fields[1]
+    raise LookupError(f"{name} is not set in {path}")
+
+
+REDIS_MIN_REPLICAS_MAX_LAG = int(redis_config("min-replicas-max-lag"))
+
+
 # Each prints one line per 50 ms, "TIME 1" when the member would accept a write and "TIME 0"
 # when not, TIME being the server's own clock when it answered (containers share this
 # machine's clock): a sample produced before a freeze and delivered after it must not count as
-# current. Each starts over when the server restarts under it. (mawk reads a pipe in blocks,
-# which would deliver the samples in bursts, unless told it is interactive.)
+# current. Each starts over when the server restarts under it.
+#
+# A Redis master accepts a write that can be acknowledged when a replica acknowledged within
+# `min-replicas-max-lag`. Redis's own count of such replicas (min_slaves_good_slaves) is not
+# enough: it is refreshed once a second and when a replica's connection is read closed, so a
+# master that was frozen while the Sentinels promoted another goes on reporting, for the few
+# event-loop turns after it thaws, the replicas that left it during the freeze (seen: 90 ms). A
+# write it takes then is never acknowledged: WAIT counts acknowledgements from replicas, and
+# none replicates it. So a replica counts only when its line says it is online with a lag
+# (computed when INFO runs) within the bound; Redis's own count must agree. (mawk reads a pipe
+# in blocks, which would deliver the samples in bursts, unless told it is interactive.)
+REDIS_SAMPLE_AWK = (
+    f"awk -W interactive -F: -v max_lag={REDIS_MIN_REPLICAS_MAX_LAG} "
+    '\'{sub(/\\r$/, "")} /^server_time_usec:/ {now = $2} '
+    "/^role:/ {role = $2} /^min_slaves_good_slaves:/ {counted = $2} "
+    "/^slave[0-9]+:/ && $2 ~ /(^|,)state=online(,|$)/ && match($2, /(^|,)lag=[0-9]+/) "
+    '{lag = substr($2, RSTART, RLENGTH); sub(/.*=/, "", lag); if (lag + 0 <= max_lag) good++} '
+    '/^master_repl_offset:/ {printf "%.3f %d\\n", now / 1000000, (role == "master" && counted > 0 && good > 0); '
+    "fflush(); counted = 0; good = 0}'"
+)
 REDIS_SAMPLER = (
-    f"while :; do {REDIS_CLI} -r -1 -i 0.05 INFO server replication 2>/dev/null "
-    '| awk -W interactive -F: \'{sub(/\\r$/, "")} /^server_time_usec:/ {now = $2} '
-    "/^role:/ {role = $2} /^min_slaves_good_slaves:/ {good = $2} "
-    '/^master_repl_offset:/ {printf "%.3f %d\\n", now / 1000000, (role == "master" && good > 0); '
-    "fflush(); good = 0}'; sleep 0.2; done"
+    f"while :; do {REDIS_CLI} -r -1 -i 0.05 INFO server replication 2>/dev/null | {REDIS_SAMPLE_AWK}; sleep 0.2; done"
 )
 # A PostgreSQL primary accepts a write when a synchronous standby can acknowledge it: one that
 # answered within the last second, as Redis counts a replica good within min-replicas-max-lag.
