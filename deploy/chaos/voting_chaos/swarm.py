@@ -9,10 +9,10 @@ this machine's engine (`docker exec voting-nodeN docker …`), never over the no
 a node cut off by its firewall can still be looked into, and healed.
 
 Throughout the run, a sampler inside every Redis and PostgreSQL member's container reports every
-50 ms whether that member would accept a write (a Redis master with a good replica, as
-`min-replicas-to-write` demands; a PostgreSQL primary with a synchronous standby, as
-`synchronous_standby_names` demands); two members of one tier doing so at the same moment fail
-the scenario in which it happened.
+50 ms whether that member would accept a write (a Redis master with a replica that acknowledged
+within `min-replicas-max-lag`, as `min-replicas-to-write` demands; a PostgreSQL primary with a
+synchronous standby, as `synchronous_standby_names` demands); two members of one tier doing so
+at the same moment fail the scenario in which it happened.
 """
 
 from __future__ import annotations
