@@ -34,11 +34,18 @@ the old primary (a node cut off and healed: the old primary and a standby that h
 followed yet outvoted the promoted node, which stepped down for the stale primary).
 Two primaries visible at once at start-up are left to an operator: the node waits.
 
-The decision (`decide`) is a pure function of those facts and is unit-tested
-(`python3 -m unittest discover -s deploy/docker/postgres`); everything else carries it out
-with PostgreSQL's and repmgr's own tools. PostgreSQL then runs detached (repmgr stops and
-starts it on follow and rejoin), repmgrd runs in the foreground (started again whenever it
-exits: on a standby it refuses to start while no primary is up), and this process supervises
+repmgrd is the one that fails over, but it acts only where it runs: a standby's repmgrd
+refuses to start while its upstream is down, and one can hang on a query to a frozen primary,
+while the others wait for it for good. So a standby that has streamed from no primary for
+`ELECTION_AFTER` seconds decides for itself (`without_a_leader`): it follows the one primary
+that answers, or, when none does and it sees a majority of the nodes, the standby furthest
+ahead (repmgr's rule) promotes itself with `repmgr standby promote`.
+
+The decisions (`decide`, `superseded_by`, `without_a_leader`) are pure functions of those
+facts and are unit-tested (`python3 -m unittest discover -s deploy/docker/postgres`);
+everything else carries them out with PostgreSQL's and repmgr's own tools. PostgreSQL then
+runs detached (repmgr stops and starts it on follow and rejoin), repmgrd runs in the
+foreground (started again whenever it exits), and this process supervises
 both: it exits, stopping repmgrd and then PostgreSQL cleanly, on SIGTERM, or when PostgreSQL
 stays down; the orchestrator restarts the container and the node decides again.
 
@@ -108,6 +115,8 @@ class Peer(NamedTuple):
     # The timeline it writes (a primary) or last checkpointed (a standby); each promotion
     # starts a newer one.
     timeline: int | None = None
+    # A standby's position: the WAL it has received (bytes), which an election compares.
+    lsn: int | None = None
 
 
 class Local(NamedTuple):
@@ -131,6 +140,9 @@ REJOIN = "rejoin"
 START_STANDBY = "start-standby"
 START_PRIMARY = "start-primary"
 WAIT = "wait"
+# What a running standby does when no primary has led it for a while (`without_a_leader`).
+PROMOTE = "promote"
+FOLLOW = "follow"
 
 
 def majority(nodes: int) -> int:
@@ -200,16 +212,55 @@ def superseded_by(local_timeline: int | None, peers: Sequence[Peer]) -> str | No
     return max(newer, key=lambda timeline_and_name: timeline_and_name[0])[1] if newer else None
 
 
+def without_a_leader(
+    local: str, local_lsn: int | None, local_timeline: int | None, nodes: Sequence[str], peers: Sequence[Peer]
+) -> Decision:
+    """What a running standby that has streamed from no primary for `ELECTION_AFTER` does.
+
+    repmgrd elects and promotes within seconds, but only where it runs, and it cannot always:
+    a standby's repmgrd refuses to start while its upstream is down, and one can hang on a
+    query to a frozen primary (libpq has no timeout; the frozen node's kernel still answers
+    TCP). Its peers then wait for it for good. So the node follows the one primary that
+    answers, on this node's timeline or a newer one; and when none answers, the standbys that
+    see a majority of the nodes (themselves included) elect by repmgr's own rule: the most WAL
+    received, then the lowest node id. Each computes the same winner from the same answers;
+    only the winner promotes itself, and `repmgr standby promote` refuses while the recorded
+    primary still answers.
+    """
+    primaries = sorted(peer.name for peer in peers if peer.state == PRIMARY)
+    if len(primaries) > 1:
+        return Decision(WAIT, f"several nodes say they are primary ({', '.join(primaries)})")
+    if primaries:
+        primary = next(peer for peer in peers if peer.state == PRIMARY)
+        if local_timeline is not None and (primary.timeline is None or primary.timeline < local_timeline):
+            return Decision(WAIT, f"{primary.name} is primary on an older or unknown timeline than this node's")
+        return Decision(FOLLOW, f"{primary.name} is primary and this standby does not stream from it", primary.name)
+    if local_lsn is None:
+        return Decision(WAIT, "no primary answers, and this node's own WAL position is unknown")
+    standbys = [peer for peer in peers if peer.state == STANDBY and peer.lsn is not None]
+    needed = majority(len(nodes))
+    if 1 + len(standbys) < needed:
+        return Decision(WAIT, f"no primary answers; {1 + len(standbys)} of the {needed} nodes needed to elect one do")
+    candidates = [(local_lsn, -nodes.index(local), local)] + [
+        (peer.lsn, -nodes.index(peer.name), peer.name) for peer in standbys if peer.name in nodes
+    ]
+    winner = max(candidates)[2]
+    if winner == local:
+        return Decision(PROMOTE, f"no primary answers; of {1 + len(standbys)} standbys this one is furthest ahead")
+    return Decision(WAIT, f"no primary answers; {winner} is furthest ahead and promotes itself", winner)
+
+
 # -- pure helpers -------------------------------------------------------------------------
 
 
-def parse_probe(output: str) -> tuple[str, str | None, int | None]:
-    """psql -At output of PROBE_QUERY: (state, recorded primary, timeline)."""
+def parse_probe(output: str) -> tuple[str, str | None, int | None, int | None]:
+    """psql -At output of PROBE_QUERY: (state, recorded primary, timeline, received WAL)."""
     fields = output.strip().split("|")
-    if len(fields) != 3 or fields[0] not in ("t", "f"):
-        return UNKNOWN, None, None
+    if len(fields) != 4 or fields[0] not in ("t", "f"):
+        return UNKNOWN, None, None, None
     timeline = int(fields[2]) if fields[2].isdigit() else None
-    return (STANDBY if fields[0] == "t" else PRIMARY), (fields[1] or None), timeline
+    lsn = int(fields[3]) if fields[3].isdigit() else None
+    return (STANDBY if fields[0] == "t" else PRIMARY), (fields[1] or None), timeline, lsn
 
 
 # A primary's timeline is that of the WAL it writes now (its checkpoint's may still be the one
@@ -218,10 +269,16 @@ TIMELINE_QUERY = (
     "SELECT CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint()) "
     "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END"
 )
+# A standby's position as repmgr's election compares it: the WAL received (replayed, when its
+# receiver never ran), in bytes.
+RECEIVED_LSN_QUERY = (
+    "SELECT CASE WHEN pg_is_in_recovery() THEN "
+    "pg_wal_lsn_diff(coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), '0/0')::bigint END"
+)
 PROBE_QUERY = (
     "SELECT pg_is_in_recovery(), "
     "(SELECT node_name FROM repmgr.nodes WHERE type = 'primary' AND active ORDER BY node_id LIMIT 1), "
-    f"({TIMELINE_QUERY})"
+    f"({TIMELINE_QUERY}), ({RECEIVED_LSN_QUERY})"
 )
 
 
@@ -673,6 +730,21 @@ class Node:
         answer = self.local_query(TIMELINE_QUERY)
         return int(answer) if answer and answer.isdigit() else None
 
+    def received_lsn(self) -> int | None:
+        answer = self.local_query(RECEIVED_LSN_QUERY)
+        return int(answer) if answer and answer.isdigit() else None
+
+    def streaming(self) -> bool | None:
+        """Whether this standby's WAL receiver streams; None if the server does not answer."""
+        answer = self.local_query("SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'")
+        return None if answer is None else answer != "0"
+
+    def promote(self) -> None:
+        self._repmgr(["standby", "promote", "--verbose"])
+
+    def follow(self, primary: str) -> None:
+        self._repmgr(["standby", "follow", f"--upstream-node-id={self.settings.node_id_of(primary)}", "--verbose"])
+
     def postgres_running(self) -> bool:
         return (
             self._run([f"{PG_BIN}/pg_ctl", "status", "-D", self.settings.data_dir], check=False, quiet=True).returncode
@@ -733,6 +805,10 @@ REJOIN_STREAMING_TIMEOUT = 30.0
 SUPERSEDED_CHECK_INTERVAL = 2.0
 # repmgr restarts PostgreSQL to follow a new primary; down for longer than this is a failure.
 POSTGRES_DOWN_LIMIT = 120.0
+# repmgrd promotes a standby 3 x 1 s after the primary fails, and a standby follows it seconds
+# later; a standby that has streamed from no primary for this long has been left without one
+# (`without_a_leader`).
+ELECTION_AFTER = 30.0
 
 
 def settle(node: Node, clock: Callable[[], float] = time.monotonic) -> Decision:
@@ -777,10 +853,22 @@ def supervise(node: Node, stopping: list[bool]) -> int:
             [f"{PG_BIN}/repmgrd", "-f", node.settings.repmgr_conf, "--daemonize=false"], env=node.env
         )
 
+    def stop_repmgrd() -> None:
+        if repmgrd.poll() is None:
+            repmgrd.terminate()
+            try:
+                repmgrd.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                repmgrd.kill()
+                repmgrd.wait()
+
     repmgrd = start_repmgrd()
     repmgrd_exited: float | None = None
     down_since: float | None = None
     last_superseded_check = 0.0
+    # Since when this standby has streamed from no primary, and what it last decided about it.
+    leaderless_since: float | None = None
+    last_reason = ""
     # Once per term as primary (a promotion included): the roles as the secrets say.
     roles_ensured = False
     try:
@@ -793,6 +881,7 @@ def supervise(node: Node, stopping: list[bool]) -> int:
                     roles_ensured = node.ensure_service_roles()
                 roles_ensured = roles_ensured and primary
                 if primary:
+                    leaderless_since = None
                     timeline = node.timeline()
                     successor = superseded_by(timeline, [node.probe(host) for host in node.settings.peers])
                     if successor:
@@ -801,6 +890,28 @@ def supervise(node: Node, stopping: list[bool]) -> int:
                             "stopping this primary so that it rejoins as a standby"
                         )
                         return 1
+                elif node.streaming() is not False:  # streaming, or not answering: nothing to decide on
+                    leaderless_since = None
+                elif leaderless_since is None:
+                    leaderless_since = now
+                elif now - leaderless_since >= ELECTION_AFTER:
+                    s = node.settings
+                    peers = [node.probe(host) for host in s.peers]
+                    decision = without_a_leader(s.name, node.received_lsn(), node.timeline(), s.nodes, peers)
+                    if decision.reason != last_reason:
+                        log(f"no primary has led this standby for {now - leaderless_since:.0f} s: {decision.reason}")
+                        last_reason = decision.reason
+                    if decision.action in (PROMOTE, FOLLOW):
+                        # repmgrd stands aside (it is restarted below), so that it does not act too.
+                        stop_repmgrd()
+                        try:
+                            if decision.action == PROMOTE:
+                                node.promote()
+                            else:
+                                node.follow(decision.primary or "")
+                        except (RuntimeError, subprocess.TimeoutExpired) as error:
+                            log(f"{decision.action} failed: {error}")
+                        leaderless_since, last_reason = None, ""
             if repmgrd_exited is None and repmgrd.poll() is not None:
                 # On a standby repmgrd refuses to start while its upstream is down (a cold start
                 # of the cluster): the node stays up as a standby, others count on it answering.
@@ -819,12 +930,7 @@ def supervise(node: Node, stopping: list[bool]) -> int:
         return 0
     finally:
         # repmgrd first: a primary going away on purpose must not start a failover from here.
-        if repmgrd.poll() is None:
-            repmgrd.terminate()
-            try:
-                repmgrd.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                repmgrd.kill()
+        stop_repmgrd()
         node.stop_postgres()
 
 

@@ -22,8 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))
 import pgnode
 from pgnode import (
     CLONE,
+    FOLLOW,
     INIT_PRIMARY,
     PRIMARY,
+    PROMOTE,
     REJOIN,
     STANDBY,
     START_PRIMARY,
@@ -34,6 +36,7 @@ from pgnode import (
     Local,
     Peer,
     decide,
+    without_a_leader,
 )
 from python_minimal import PYTHON3_MINIMAL, top_level_imports
 from voting_common import render_file
@@ -188,6 +191,72 @@ class AResumedPrimary(unittest.TestCase):
         self.assertIsNone(pgnode.superseded_by(2, [Peer("pg-2", PRIMARY, "pg-2", None), down("pg-3")]))
 
 
+NODES = ("pg-1", "pg-2", "pg-3")
+
+
+def standby(name: str, lsn: int | None, timeline: int = 2) -> Peer:
+    return Peer(name, STANDBY, "pg-1", timeline, lsn)
+
+
+class AStandbyWithoutALeader(unittest.TestCase):
+    """without_a_leader: what a standby that has streamed from no primary for a while does."""
+
+    def test_the_standby_furthest_ahead_promotes_itself(self):
+        peers = [Peer("pg-1", UNKNOWN), standby("pg-3", 900)]
+        self.assertEqual(without_a_leader("pg-2", 1000, 2, NODES, peers).action, PROMOTE)
+
+    def test_the_one_behind_waits_for_it(self):
+        decision = without_a_leader("pg-3", 900, 2, NODES, [Peer("pg-1", UNKNOWN), standby("pg-2", 1000)])
+        self.assertEqual((decision.action, decision.primary), (WAIT, "pg-2"))
+
+    def test_a_tie_goes_to_the_lower_node_id_as_in_repmgr(self):
+        self.assertEqual(
+            without_a_leader("pg-2", 1000, 2, NODES, [down("pg-1"), standby("pg-3", 1000)]).action, PROMOTE
+        )
+        self.assertEqual(without_a_leader("pg-3", 1000, 2, NODES, [down("pg-1"), standby("pg-2", 1000)]).action, WAIT)
+
+    def test_exactly_one_of_the_standbys_promotes_whatever_their_positions(self):
+        for lsn_2 in (900, 1000, 1100):
+            for lsn_3 in (900, 1000, 1100):
+                from_2 = without_a_leader("pg-2", lsn_2, 2, NODES, [down("pg-1"), standby("pg-3", lsn_3)])
+                from_3 = without_a_leader("pg-3", lsn_3, 2, NODES, [down("pg-1"), standby("pg-2", lsn_2)])
+                promoted = [d for d in (from_2, from_3) if d.action == PROMOTE]
+                self.assertEqual(len(promoted), 1, (lsn_2, lsn_3))
+
+    def test_a_standby_alone_never_promotes(self):
+        # Cut off with the primary gone, or the only one left: no majority, no election.
+        for others in ([down("pg-1"), down("pg-3")], [Peer("pg-1", UNKNOWN), Peer("pg-3", UNKNOWN)]):
+            self.assertEqual(without_a_leader("pg-2", 1000, 2, NODES, others).action, WAIT)
+
+    def test_a_peer_whose_position_is_unknown_does_not_vote(self):
+        self.assertEqual(without_a_leader("pg-2", 1000, 2, NODES, [down("pg-1"), standby("pg-3", None)]).action, WAIT)
+
+    def test_nor_does_a_node_that_does_not_know_its_own(self):
+        self.assertEqual(without_a_leader("pg-2", None, 2, NODES, [down("pg-1"), standby("pg-3", 900)]).action, WAIT)
+
+    def test_it_follows_the_one_primary_that_answers(self):
+        peers = [Peer("pg-1", UNKNOWN), Peer("pg-3", PRIMARY, "pg-3", 3)]
+        decision = without_a_leader("pg-2", 1000, 2, NODES, peers)
+        self.assertEqual((decision.action, decision.primary), (FOLLOW, "pg-3"))
+
+    def test_it_never_follows_a_primary_on_an_older_timeline(self):
+        # A former primary that resumed and has not yet noticed it was superseded.
+        peers = [Peer("pg-1", PRIMARY, "pg-1", 2), Peer("pg-3", UNKNOWN)]
+        self.assertEqual(without_a_leader("pg-2", 1000, 3, NODES, peers).action, WAIT)
+
+    def test_it_never_picks_between_two_primaries(self):
+        peers = [Peer("pg-1", PRIMARY, "pg-1", 2), Peer("pg-3", PRIMARY, "pg-3", 3)]
+        self.assertEqual(without_a_leader("pg-2", 1000, 2, NODES, peers).action, WAIT)
+
+    def test_it_promotes_only_when_no_peer_is_primary(self):
+        states = [UNREACHABLE, UNKNOWN, STANDBY, PRIMARY]
+        for s1 in states:
+            for s3 in states:
+                peers = [Peer("pg-1", s1, "pg-1", 2, 900), Peer("pg-3", s3, "pg-1", 2, 900)]
+                if without_a_leader("pg-2", 1000, 2, NODES, peers).action == PROMOTE:
+                    self.assertNotIn(PRIMARY, (s1, s3), peers)
+
+
 class RejoiningNode(pgnode.Node):
     """A node whose rewind fails; it records what it does instead of doing it."""
 
@@ -271,10 +340,10 @@ class ARejoinThatFails(unittest.TestCase):
 
 class Helpers(unittest.TestCase):
     def test_probe_output(self):
-        self.assertEqual(pgnode.parse_probe("f|pg-1|3\n"), (PRIMARY, "pg-1", 3))
-        self.assertEqual(pgnode.parse_probe("t|pg-2|2\n"), (STANDBY, "pg-2", 2))
-        self.assertEqual(pgnode.parse_probe("t||\n"), (STANDBY, None, None))
-        self.assertEqual(pgnode.parse_probe(""), (UNKNOWN, None, None))
+        self.assertEqual(pgnode.parse_probe("f|pg-1|3|\n"), (PRIMARY, "pg-1", 3, None))
+        self.assertEqual(pgnode.parse_probe("t|pg-2|2|83886080\n"), (STANDBY, "pg-2", 2, 83886080))
+        self.assertEqual(pgnode.parse_probe("t|||\n"), (STANDBY, None, None, None))
+        self.assertEqual(pgnode.parse_probe(""), (UNKNOWN, None, None, None))
 
     def test_cluster_state_of_pg_controldata(self):
         text = "pg_control version number:            1300\nDatabase cluster state:               in production\n"
