@@ -18,6 +18,7 @@ at the same moment fail the scenario in which it happened.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -645,6 +646,40 @@ def freeze_postgres_primary(run: Run, state: dict) -> Fault:
     )
 
 
+# Sends a signal to every repmgrd of a PostgreSQL member's container (as postgres, its owner).
+SIGNAL_REPMGRD = (
+    'for d in /proc/[0-9]*; do [ "$(cat "$d/comm" 2>/dev/null)" = repmgrd ] && kill -{signal} "${{d#/proc/}}"; '
+    "done; true"
+)
+
+
+def freeze_postgres_primary_with_repmgrd_hung(run: Run, state: dict) -> Fault:
+    """repmgrd cannot fail over: every standby's repmgrd is stopped (SIGSTOP, as one blocked on
+    a query to the frozen primary is) when the primary freezes. The images' entrypoints must
+    elect without it (pgnode's `without_a_leader`)."""
+    swarm = run.swarm
+    old = _require(_one(swarm.pg_primaries()), "one PostgreSQL primary")
+    standbys = [swarm.task(member) for member in POSTGRES if member != old]
+    primary = swarm.task(old)
+    for task in standbys:
+        swarm.exec_in(task, SIGNAL_REPMGRD.format(signal="STOP"), user="postgres")
+    swarm.on(primary.node, "pause", primary.container)
+    try:
+        wait_until(lambda: _one(swarm.pg_primaries()) not in (None, old), 120, "a standby promoted", interval=1)
+    finally:
+        swarm.on(primary.node, "unpause", primary.container)
+        for task in standbys:  # a repmgrd the entrypoint did not replace is let go
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                swarm.exec_in(task, SIGNAL_REPMGRD.format(signal="CONT"), user="postgres")
+    return Fault(
+        recovered=lambda: swarm.pg_whole(old),
+        notes=[
+            f"stopped the standbys' repmgrd (SIGSTOP) and froze {old} (docker pause) until a standby was "
+            "promoted without repmgrd; on waking it stepped down and rejoined as a standby"
+        ],
+    )
+
+
 def _node_fault(
     run: Run,
     pick: Callable[[Swarm], str],
@@ -949,6 +984,15 @@ SCENARIOS: list[Scenario[Run]] = [
         duration_s=60,
         limited_by="Pgpool-II, whose search for the new primary waits on the frozen node's half-open "
         "connection until it thaws (its connect_timeout bounds the TCP connect only)",
+    ),
+    Scenario(
+        "postgres-primary-frozen-repmgrd-hung",
+        "docker pause the PostgreSQL primary's container while the standbys' repmgrd hang",
+        freeze_postgres_primary_with_repmgrd_hung,
+        NO_OUTAGE,
+        duration_s=90,
+        limited_by="repmgrd, which cannot fail over here: the entrypoints elect a standby once none has "
+        "streamed for 30 s (pgnode's ELECTION_AFTER)",
     ),
     # No target: Swarm restarts the task (restart delay, start, health check) and e2e.yml's
     # Traefik waits for its aliases to resolve before it serves (see e2e.yml).
