@@ -115,7 +115,8 @@ class Peer(NamedTuple):
     # The timeline it writes (a primary) or last checkpointed (a standby); each promotion
     # starts a newer one.
     timeline: int | None = None
-    # A standby's position: the WAL it has received (bytes), which an election compares.
+    # A standby's position: the WAL it has received or replayed (bytes), which an election
+    # compares.
     lsn: int | None = None
 
 
@@ -223,9 +224,9 @@ def without_a_leader(
     TCP). Its peers then wait for it for good. So the node follows the one primary that
     answers, on this node's timeline or a newer one; and when none answers, the standbys that
     see a majority of the nodes (themselves included) elect by repmgr's own rule: the most WAL
-    received, then the lowest node id. Each computes the same winner from the same answers;
-    only the winner promotes itself, and `repmgr standby promote` refuses while the recorded
-    primary still answers.
+    (received or replayed), then the lowest node id. Each computes the same winner from the
+    same answers; only the winner promotes itself, and `repmgr standby promote` refuses while
+    the recorded primary still answers.
     """
     primaries = sorted(peer.name for peer in peers if peer.state == PRIMARY)
     if len(primaries) > 1:
@@ -269,11 +270,14 @@ TIMELINE_QUERY = (
     "SELECT CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint()) "
     "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END"
 )
-# A standby's position as repmgr's election compares it: the WAL received (replayed, when its
-# receiver never ran), in bytes.
+# A standby's position, in bytes: the WAL it has received or replayed, whichever is further.
+# The received position alone can go back: a WAL receiver that restarts (its primary gone
+# silent) reports the start of the segment it asks for again. Counted on that alone, a standby
+# that was ahead lost an election, and could not follow the winner, whose new timeline forked
+# before its own recovery point.
 RECEIVED_LSN_QUERY = (
-    "SELECT CASE WHEN pg_is_in_recovery() THEN "
-    "pg_wal_lsn_diff(coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), '0/0')::bigint END"
+    "SELECT CASE WHEN pg_is_in_recovery() THEN pg_wal_lsn_diff(greatest(pg_last_wal_receive_lsn(), "
+    "pg_last_wal_replay_lsn()), '0/0')::bigint END"
 )
 PROBE_QUERY = (
     "SELECT pg_is_in_recovery(), "
@@ -910,7 +914,13 @@ def supervise(node: Node, stopping: list[bool]) -> int:
                             else:
                                 node.follow(decision.primary or "")
                         except (RuntimeError, subprocess.TimeoutExpired) as error:
-                            log(f"{decision.action} failed: {error}")
+                            if decision.action == FOLLOW:
+                                # It holds WAL the primary never had (a timeline forked before its
+                                # recovery point): the restarted container rejoins it, rewound
+                                # or cloned (`decide`).
+                                log(f"follow failed ({error}): exiting so that the node rejoins {decision.primary}")
+                                return 1
+                            log(f"promote failed: {error}")
                         leaderless_since, last_reason = None, ""
             if repmgrd_exited is None and repmgrd.poll() is not None:
                 # On a standby repmgrd refuses to start while its upstream is down (a cold start
