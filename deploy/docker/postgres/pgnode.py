@@ -271,10 +271,11 @@ TIMELINE_QUERY = (
     "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END"
 )
 # A standby's position, in bytes: the WAL it has received or replayed, whichever is further.
-# The received position alone can go back: a WAL receiver that restarts (its primary gone
-# silent) reports the start of the segment it asks for again. Counted on that alone, a standby
-# that was ahead lost an election, and could not follow the winner, whose new timeline forked
-# before its own recovery point.
+# The received position alone can be behind what the standby holds: after the server starts
+# (or changes timeline), its first WAL receiver reports the start of the segment it asks for,
+# and it is NULL until one runs. Counted on that alone, a restarted standby that was ahead
+# could lose an election and then not follow the winner, whose new timeline forked before its
+# own recovery point.
 RECEIVED_LSN_QUERY = (
     "SELECT CASE WHEN pg_is_in_recovery() THEN pg_wal_lsn_diff(greatest(pg_last_wal_receive_lsn(), "
     "pg_last_wal_replay_lsn()), '0/0')::bigint END"
