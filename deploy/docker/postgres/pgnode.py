@@ -255,7 +255,7 @@ def without_a_leader(
 
 
 def parse_probe(output: str) -> tuple[str, str | None, int | None, int | None]:
-    """psql -At output of PROBE_QUERY: (state, recorded primary, timeline, received WAL)."""
+    """psql -At output of PROBE_QUERY: (state, recorded primary, timeline, WAL position)."""
     fields = output.strip().split("|")
     if len(fields) != 4 or fields[0] not in ("t", "f"):
         return UNKNOWN, None, None, None
@@ -276,14 +276,14 @@ TIMELINE_QUERY = (
 # and it is NULL until one runs. Counted on that alone, a restarted standby that was ahead
 # could lose an election and then not follow the winner, whose new timeline forked before its
 # own recovery point.
-RECEIVED_LSN_QUERY = (
+WAL_POSITION_QUERY = (
     "SELECT CASE WHEN pg_is_in_recovery() THEN pg_wal_lsn_diff(greatest(pg_last_wal_receive_lsn(), "
     "pg_last_wal_replay_lsn()), '0/0')::bigint END"
 )
 PROBE_QUERY = (
     "SELECT pg_is_in_recovery(), "
     "(SELECT node_name FROM repmgr.nodes WHERE type = 'primary' AND active ORDER BY node_id LIMIT 1), "
-    f"({TIMELINE_QUERY}), ({RECEIVED_LSN_QUERY})"
+    f"({TIMELINE_QUERY}), ({WAL_POSITION_QUERY})"
 )
 
 
@@ -732,11 +732,13 @@ class Node:
         return self.local_query("SELECT pg_is_in_recovery()") == "f"
 
     def timeline(self) -> int | None:
-        answer = self.local_query(TIMELINE_QUERY)
-        return int(answer) if answer and answer.isdigit() else None
+        return self._local_number(TIMELINE_QUERY)
 
-    def received_lsn(self) -> int | None:
-        answer = self.local_query(RECEIVED_LSN_QUERY)
+    def wal_position(self) -> int | None:
+        return self._local_number(WAL_POSITION_QUERY)
+
+    def _local_number(self, sql: str) -> int | None:
+        answer = self.local_query(sql)
         return int(answer) if answer and answer.isdigit() else None
 
     def streaming(self) -> bool | None:
@@ -902,7 +904,7 @@ def supervise(node: Node, stopping: list[bool]) -> int:
                 elif now - leaderless_since >= ELECTION_AFTER:
                     s = node.settings
                     peers = [node.probe(host) for host in s.peers]
-                    decision = without_a_leader(s.name, node.received_lsn(), node.timeline(), s.nodes, peers)
+                    decision = without_a_leader(s.name, node.wal_position(), node.timeline(), s.nodes, peers)
                     if decision.reason != last_reason:
                         log(f"no primary has led this standby for {now - leaderless_since:.0f} s: {decision.reason}")
                         last_reason = decision.reason
