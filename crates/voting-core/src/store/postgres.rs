@@ -67,6 +67,15 @@ impl PostgresStore {
 
     /// Runs `work` on a connection of the pool, given up as [`StoreError::Unavailable`] when
     /// the store does not answer within the answer timeout ([`ANSWER_TIMEOUT`]).
+    ///
+    /// A connection on which `work` failed is closed, never pooled again: its session may be
+    /// left in a failed transaction that sqlx does not know of, and such a session refuses
+    /// every statement but `ROLLBACK`, which sqlx would never send. sqlx rolls back only what
+    /// its own `BEGIN` opened, and a `BEGIN` that fails opened nothing in its eyes; Pgpool-II
+    /// answers every simple query of a session it marked failed with "current transaction is
+    /// aborted", `BEGIN` included. In a Swarm run a worker retried one batch on such a
+    /// connection for minutes after the cluster restarted, and its votes were never counted.
+    /// A new connection costs milliseconds, once per error.
     async fn answered<T>(
         &self,
         what: &str,
@@ -74,7 +83,11 @@ impl PostgresStore {
     ) -> Result<T, StoreError> {
         let mut connection = self.pool.acquire().await?;
         match tokio::time::timeout(self.answer_timeout, work(&mut connection)).await {
-            Ok(answer) => answer,
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(error)) => {
+                drop(connection.detach());
+                Err(error)
+            }
             Err(_) => {
                 // The connection is mid-statement, maybe to a peer that is gone: it must not go
                 // back to the pool, which would first ask it something and wait as long. A

@@ -164,6 +164,27 @@ async fn a_batch_or_read_the_store_does_not_answer_is_given_up_and_its_connectio
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_left_in_a_failed_transaction_is_not_reused() {
+    let system = TestSystem::start_with(Options { workers: 0, ..Options::default() }).await;
+    // One connection, left in a transaction that failed without sqlx knowing: it refuses
+    // every statement but ROLLBACK (as a session Pgpool-II marked failed does).
+    let store = PostgresStore::connect_lazy(&system.postgres.url(), 1).unwrap();
+    let poisoned = sqlx::raw_sql("BEGIN; SELECT 1 / 0").execute(store.pool()).await;
+    assert!(poisoned.is_err(), "the division failed and left the transaction aborted");
+    let votes = [QueuedVote {
+        position: QueuePosition { major: 1, minor: 0 },
+        vote: Vote { voter: VoterId::random(), option: OptionId::parse("b").unwrap(), cast_at_ms: 0 },
+    }];
+
+    let refused = store.apply(&votes).await.unwrap_err();
+    assert!(refused.is_transient(), "a batch refused by the session is retried: {refused}");
+    // The retry runs on a new connection, and every retry after it would succeed too.
+    store.apply(&votes).await.unwrap();
+    store.ping().await.unwrap();
+    assert_eq!(system.postgres.psql("SELECT votes FROM tallies WHERE vote = 'b'").unwrap(), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_entry_goes_to_the_dead_letters_and_the_worker_goes_on() {
     let system = TestSystem::start().await;
     system.redis_command(&["XADD", "votes", "*", "voter", "not-a-voter", "option", "a", "cast_at", "1"]);
