@@ -18,5 +18,11 @@ BEGIN
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'voting_result') THEN
         GRANT SELECT ON tallies TO voting_result;
     END IF;
+    -- The certificate manager keeps its account, certificates, orders and challenges, and
+    -- nothing of the votes.
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'voting_certs') THEN
+        GRANT SELECT, INSERT, UPDATE, DELETE
+            ON acme_accounts, acme_certificates, acme_orders, acme_challenges TO voting_certs;
+    END IF;
 END
 $$;

@@ -13,6 +13,7 @@ use voting_core::secrets;
 use voting_core::store::postgres::PostgresStore;
 use voting_core::telemetry::LogFormat;
 
+use crate::certs::args::CertsArgs;
 use crate::http::client::Cidrs;
 use crate::http::connection::ConnectionLimits;
 use crate::result::args::ResultArgs;
@@ -48,6 +49,9 @@ pub enum Command {
     Worker(WorkerArgs),
     /// The result service: live results from PostgreSQL.
     Result(ResultArgs),
+    /// The certificate manager: HTTPS certificates ordered once (ACME) and served to every
+    /// edge proxy.
+    Certs(CertsArgs),
     /// Creates or updates the PostgreSQL schema, then exits. Safe to run while the system runs.
     Migrate(MigrateArgs),
     /// Sends votes to a vote service and reports throughput, latency and errors; with
@@ -66,6 +70,7 @@ impl Command {
             Self::Vote(args) => args.run(shutdown).await,
             Self::Worker(args) => args.run(shutdown).await,
             Self::Result(args) => args.run(shutdown).await,
+            Self::Certs(args) => args.run(shutdown).await,
             Self::Migrate(args) => args.run().await,
             Self::Load(args) => args.run().await,
             Self::Healthcheck(args) => args.run().await,

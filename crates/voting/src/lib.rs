@@ -9,12 +9,14 @@
 //!   storage, the system tests on Redis and PostgreSQL.
 //! - [`cli`]: the command line and environment, one definition for both; each subcommand's
 //!   arguments and wiring live in its module (`vote::args`, `worker::args`, ...).
+//! - [`certs`]: the certificate manager, HTTPS certificates ordered once for every edge proxy.
 //! - [`http`], [`assets`]: what the HTTP services share.
 //!
 //! The vocabulary (votes, voters, the queue, the store) lives in `voting-core`; `voting load`,
 //! the load generator and vote-count checker, in `voting-load`.
 
 pub mod assets;
+pub mod certs;
 pub mod cli;
 pub mod http;
 pub mod result;
