@@ -2,6 +2,7 @@
 //! edge proxies (Traefik, polling the managers through its HTTP provider) and PostgreSQL.
 //! Pebble validates HTTP-01 through one of the Traefiks, resolving the test host name with a
 //! small DNS responder of this file; the CA's identity comes from Pebble's management API.
+//! `TRAEFIK` names the Traefik binary (`traefik` on the PATH by default).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
@@ -108,8 +109,9 @@ impl Bench {
             ),
         )
         .unwrap();
+        let binary = std::env::var("TRAEFIK").unwrap_or_else(|_| "traefik".to_owned());
         let traefik = Process::spawn(
-            "traefik",
+            binary,
             &[
                 &format!("--entrypoints.web.address=127.0.0.1:{web_port}"),
                 &format!("--entrypoints.websecure.address=127.0.0.1:{websecure_port}"),
