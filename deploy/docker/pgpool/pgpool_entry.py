@@ -12,6 +12,7 @@ Configuration (environment; every `*_PASSWORD` also as `*_PASSWORD_FILE`, a Dock
   DATABASE_PASSWORD        the owning role's password (clients authenticate with SCRAM)
   DATABASE_WORKER_PASSWORD the worker's role's (voting_worker)
   DATABASE_RESULT_PASSWORD the result service's role's (voting_result)
+  DATABASE_CERTS_PASSWORD  the certificate manager's role's (voting_certs)
   PGPOOL_CHECK_PASSWORD    the role of Pgpool-II's health and replication checks (pgpool_check)
   CLUSTER_SUBNET           pool_hba.conf's client address (default `samenet`)
   TEMPLATE_DIR             deploy/pgpool/ as mounted (default /etc/voting/pgpool)
@@ -89,6 +90,7 @@ def files(env: Mapping[str, str]) -> dict[str, str]:
             str(values["DATABASE_USER"]): password(env, "DATABASE_PASSWORD"),
             "voting_worker": password(env, "DATABASE_WORKER_PASSWORD"),
             "voting_result": password(env, "DATABASE_RESULT_PASSWORD"),
+            "voting_certs": password(env, "DATABASE_CERTS_PASSWORD"),
             "pgpool_check": password(env, "PGPOOL_CHECK_PASSWORD"),
         }
     )

@@ -28,6 +28,7 @@ def environment(**overrides: str) -> dict[str, str]:
         "DATABASE_PASSWORD": "app-pw",
         "DATABASE_WORKER_PASSWORD": "worker-pw",
         "DATABASE_RESULT_PASSWORD": "result-pw",
+        "DATABASE_CERTS_PASSWORD": "certs-pw",
         "PGPOOL_CHECK_PASSWORD": "check-pw",
         "TEMPLATE_DIR": str(TEMPLATES),
     }
@@ -49,14 +50,17 @@ class Files(unittest.TestCase):
 
     def test_clients_are_allowed_from_the_attached_networks_by_default(self):
         hba = pgpool_entry.files(environment())["pool_hba.conf"]
-        self.assertRegex(hba, r"host\s+voting\s+voting,voting_worker,voting_result\s+samenet\s+scram-sha-256")
+        self.assertRegex(
+            hba, r"host\s+voting\s+voting,voting_worker,voting_result,voting_certs\s+samenet\s+scram-sha-256"
+        )
         hba = pgpool_entry.files(environment(CLUSTER_SUBNET="10.0.9.0/24"))["pool_hba.conf"]
         self.assertIn("10.0.9.0/24", hba)
 
     def test_pool_passwd_holds_every_service_role_and_the_checks_role_and_no_superuser(self):
         self.assertEqual(
             pgpool_entry.files(environment())["pool_passwd"],
-            "voting:TEXTapp-pw\nvoting_worker:TEXTworker-pw\nvoting_result:TEXTresult-pw\npgpool_check:TEXTcheck-pw\n",
+            "voting:TEXTapp-pw\nvoting_worker:TEXTworker-pw\nvoting_result:TEXTresult-pw\n"
+            "voting_certs:TEXTcerts-pw\npgpool_check:TEXTcheck-pw\n",
         )
 
     def test_the_checks_run_as_the_checks_role(self):
@@ -75,6 +79,7 @@ class Files(unittest.TestCase):
     def test_missing_settings_are_refused(self):
         for bad in (
             environment(DATABASE_WORKER_PASSWORD=""),
+            environment(DATABASE_CERTS_PASSWORD=""),
             environment(PGPOOL_CHECK_PASSWORD=""),
             environment(NODES="pg-1"),
             environment(DATABASE=""),

@@ -62,6 +62,7 @@ Configuration (environment; every `*_PASSWORD` also as `*_PASSWORD_FILE`, a Dock
   DATABASE_WORKER_PASSWORD the worker's role's (voting_worker; `voting migrate` grants it
                            what it needs: crates/voting-core/migrations/postgres-service-roles.sql)
   DATABASE_RESULT_PASSWORD the result service's role's (voting_result, likewise)
+  DATABASE_CERTS_PASSWORD  the certificate manager's role's (voting_certs, likewise)
   PGPOOL_CHECK_PASSWORD    Pgpool-II's checks' role's (pgpool_check, a member of pg_monitor)
   CLUSTER_SUBNET           pg_hba.conf's client address (default `samenet`: the networks this
                            container is attached to)
@@ -320,6 +321,7 @@ def pgpass_line(host: str, database: str, user: str, password: str) -> str:
 # pgpool.conf name them too.
 WORKER_ROLE = "voting_worker"
 RESULT_ROLE = "voting_result"
+CERTS_ROLE = "voting_certs"
 CHECK_ROLE = "pgpool_check"
 
 
@@ -341,12 +343,17 @@ def bootstrap_sql(settings: Settings) -> str:
 def service_roles_sql(settings: Settings) -> str:
     """The application's roles as the secrets say, whatever the cluster had: made if missing (a
     cluster from before they existed), their passwords set (a secret that changed). Only the
-    owner (the migrate job's role) may change the schema; the worker and the result service
-    connect with roles of their own, and Pgpool-II's checks with one that may read the
-    monitoring views and not open the application's database."""
+    owner (the migrate job's role) may change the schema; the worker, the result service and
+    the certificate manager connect with roles of their own, and Pgpool-II's checks with one
+    that may read the monitoring views and not open the application's database."""
     s = settings
     database, owner = sql_identifier(s.database), sql_identifier(s.database_user)
-    passwords = {WORKER_ROLE: s.worker_password, RESULT_ROLE: s.result_password, CHECK_ROLE: s.check_password}
+    passwords = {
+        WORKER_ROLE: s.worker_password,
+        RESULT_ROLE: s.result_password,
+        CERTS_ROLE: s.certs_password,
+        CHECK_ROLE: s.check_password,
+    }
     missing = "".join(
         f"    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {sql_literal(role)}) THEN\n"
         f"        CREATE ROLE {role};\n"
@@ -360,7 +367,7 @@ def service_roles_sql(settings: Settings) -> str:
             *(f"ALTER ROLE {role} LOGIN PASSWORD {sql_literal(password)};" for role, password in passwords.items()),
             f"GRANT pg_monitor TO {CHECK_ROLE};",
             f"REVOKE ALL ON DATABASE {database} FROM PUBLIC;",
-            f"GRANT CONNECT ON DATABASE {database} TO {WORKER_ROLE}, {RESULT_ROLE};",
+            f"GRANT CONNECT ON DATABASE {database} TO {WORKER_ROLE}, {RESULT_ROLE}, {CERTS_ROLE};",
             "",
         ]
     )
@@ -377,6 +384,7 @@ class Settings(NamedTuple):
     database_password: str
     worker_password: str
     result_password: str
+    certs_password: str
     check_password: str
     cluster_subnet: str
     template_dir: str
@@ -427,6 +435,7 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         database_password=secret(env, "DATABASE_PASSWORD"),
         worker_password=secret(env, "DATABASE_WORKER_PASSWORD"),
         result_password=secret(env, "DATABASE_RESULT_PASSWORD"),
+        certs_password=secret(env, "DATABASE_CERTS_PASSWORD"),
         check_password=secret(env, "PGPOOL_CHECK_PASSWORD"),
         cluster_subnet=env.get("CLUSTER_SUBNET", "").strip() or "samenet",
         template_dir=env.get("TEMPLATE_DIR", "/etc/voting/postgres"),

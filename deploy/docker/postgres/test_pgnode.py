@@ -373,6 +373,7 @@ def environment(**overrides: str) -> dict[str, str]:
         "DATABASE_PASSWORD": "pw-voting",
         "DATABASE_WORKER_PASSWORD": "pw-worker",
         "DATABASE_RESULT_PASSWORD": "pw-result",
+        "DATABASE_CERTS_PASSWORD": "pw-certs",
         "PGPOOL_CHECK_PASSWORD": "pw-check",
     }
     env.update(overrides)
@@ -401,6 +402,7 @@ class Configuration(unittest.TestCase):
             environment(NODE_NAME="pg-9"),
             environment(NODES="pg-1,pg-2"),
             environment(DATABASE_PASSWORD=""),
+            environment(DATABASE_CERTS_PASSWORD=""),
             environment(INITIAL_PRIMARY="pg-7"),
             environment(NODE_ID="3"),
         ):
