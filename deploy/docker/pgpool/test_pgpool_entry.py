@@ -5,6 +5,7 @@ python3 -m unittest discover -s deploy/docker/pgpool
 
 from __future__ import annotations
 
+import re
 import sys
 import tempfile
 import unittest
@@ -68,6 +69,21 @@ class Files(unittest.TestCase):
         self.assertIn("sr_check_user = 'pgpool_check'", conf)
         self.assertIn("health_check_user = 'pgpool_check'", conf)
         self.assertNotIn("'postgres'\n", conf.replace("_database = 'postgres'", ""))
+
+    def test_every_query_naming_an_acme_table_goes_to_the_primary(self):
+        conf = pgpool_entry.files(environment())["pgpool.conf"]
+        setting = re.search(r"^primary_routing_query_pattern_list = '(.*)'$", conf, re.MULTILINE)
+        assert setting is not None, "pgpool.conf sets primary_routing_query_pattern_list"
+        # As Pgpool-II reads it: semicolon-separated, each matching the whole query, whatever the
+        # case, `.` matching line breaks too (POSIX extended, without REG_NEWLINE).
+        patterns = [re.compile(p, re.IGNORECASE | re.DOTALL) for p in re.split(r"(?<!\\);", setting.group(1)) if p]
+
+        def to_primary(query: str) -> bool:
+            return any(pattern.fullmatch(query) for pattern in patterns)
+
+        self.assertTrue(to_primary("SELECT key_authorization FROM acme_challenges WHERE token = $1"))
+        self.assertTrue(to_primary("SELECT name, not_after\n  FROM ACME_CERTIFICATES\n ORDER BY name"))
+        self.assertFalse(to_primary("SELECT vote, votes FROM tallies"))
 
     def test_a_password_file_wins(self):
         with tempfile.NamedTemporaryFile("w", suffix=".secret") as file:
