@@ -59,12 +59,18 @@ class CreateSecrets(unittest.TestCase):
             self.assertEqual(
                 secrets[f"redis_{user}_url"], f"redis://{user}:{secrets[f'redis_{user}_password']}@redis-proxy:6379"
             )
-        roles = {"database": "voting", "database_worker": "voting_worker", "database_result": "voting_result"}
+        roles = {
+            "database": "voting",
+            "database_worker": "voting_worker",
+            "database_result": "voting_result",
+            "database_certs": "voting_certs",
+        }
         for name, role in roles.items():
             self.assertEqual(
                 secrets[f"{name}_url"], f"postgres://{role}:{secrets[f'{name}_password']}@pgpool:5432/voting"
             )
-        self.assertRegex(secrets["cookie_secret"], r"^[0-9a-f]{64}$")
+        for name in ("cookie_secret", "certs_secret", "certs_provider_token"):
+            self.assertRegex(secrets[name], r"^[0-9a-f]{64}$")
         for name in (
             "redis_password",
             "redis_replication_password",
@@ -74,6 +80,7 @@ class CreateSecrets(unittest.TestCase):
             "database_password",
             "database_worker_password",
             "database_result_password",
+            "database_certs_password",
             "pgpool_check_password",
         ):
             self.assertRegex(secrets[name], r"^[0-9a-f]{48}$")
