@@ -67,6 +67,8 @@ RUN set -eu; \
     done; \
     "$root/usr/local/bin/voting" --version >/dev/null; \
     mkdir -p "$root/etc" "$root/tmp" "$root/data"; \
+    # The public certificate authorities, for the certificate manager's HTTPS to Let's Encrypt.
+    install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"; \
     chmod 1777 "$root/tmp"; \
     echo 'voting:x:10001:10001:voting:/data:/sbin/nologin' > "$root/etc/passwd"; \
     echo 'voting:x:10001:' > "$root/etc/group"; \
@@ -88,8 +90,8 @@ LABEL org.opencontainers.image.title="voting" \
 COPY --from=rootfs /rootfs/ /
 USER 10001:10001
 WORKDIR /data
-# vote, result, worker health
-EXPOSE 8080 8081 8082
+# vote, result, worker health, certificate manager
+EXPOSE 8080 8081 8082 8084
 # The vote service's /healthz by default; result and worker set HEALTHCHECK_URL (the stack does).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["/usr/local/bin/voting", "healthcheck"]

@@ -17,9 +17,9 @@ REPO = DEPLOY.parent
 STACK = yaml.safe_load((DEPLOY / "swarm" / "stack.yml").read_text())["services"]
 COMPOSE = yaml.safe_load((DEPLOY / "compose.yml").read_text())["services"]
 
-# The edge (Traefik and its read-only Docker API) exists only in the stack: Compose serves
+# The edge (Traefik, its read-only Docker API, the certificate manager) exists only in the stack: Compose serves
 # plain HTTP on loopback.
-EDGE_ONLY = {"traefik", "socket-proxy"}
+EDGE_ONLY = {"traefik", "socket-proxy", "certs"}
 # Settings that only make sense behind the stack's edge: the network Traefik comes from, the
 # drain that outlasts Traefik's health check, log lines for a log collector.
 EDGE_ENVIRONMENT = {"TRUSTED_PROXIES", "SHUTDOWN_DRAIN_MS", "LOG_FORMAT"}
@@ -120,6 +120,23 @@ class NoSinglePointOfFailure(unittest.TestCase):
                 deploy = STACK[name]["deploy"]
                 self.assertGreaterEqual(deploy["replicas"], 2)
                 self.assertEqual(deploy.get("placement", {}).get("max_replicas_per_node"), 1)
+
+    def test_every_edge_node_runs_a_traefik_that_keeps_nothing_of_its_own(self):
+        traefik = STACK["traefik"]
+        self.assertEqual(traefik["deploy"]["mode"], "global")
+        self.assertEqual(traefik["deploy"]["placement"]["constraints"], ["node.labels.voting.edge == true"])
+        # No volume: certificates come from the certificate manager, which every Traefik polls.
+        self.assertEqual([v for v in traefik.get("volumes", []) if not isinstance(v, dict)], [])
+        self.assertEqual(traefik["environment"]["CERTS_PROVIDER_URL"], "http://certs:8084/traefik")
+
+    def test_the_certificate_managers_run_twice_on_different_nodes_and_share_traefiks_token(self):
+        certs = STACK["certs"]
+        self.assertGreaterEqual(certs["deploy"]["replicas"], 2)
+        self.assertEqual(certs["deploy"]["placement"]["max_replicas_per_node"], 1)
+        self.assertIn("certs_provider_token", certs["secrets"])
+        self.assertIn("certs_provider_token", STACK["traefik"]["secrets"])
+        # Traefik reaches the managers on the public network, the managers PostgreSQL on the backend.
+        self.assertEqual(set(certs["networks"]), {"public", "backend"})
 
 
 class LeastPrivilege(unittest.TestCase):

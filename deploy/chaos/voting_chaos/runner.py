@@ -29,6 +29,9 @@ B = TypeVar("B")
 # Targets (docs/chaos.md says where they come from).
 MAX_STALENESS_S = 10.0
 MAX_REDIS_FAILOVER_OUTAGE_S = 5.0
+# An edge lost: a client that knows every edge's address gives the lost one up after a 1 s
+# connect timeout and goes to the next, as browsers do with several address records.
+MAX_EDGE_OUTAGE_S = 5.0
 NO_OUTAGE = 0.0  # no stretch of 500 ms without an acknowledged vote
 # Where no outage is the target, a stretch without acknowledgements in which no vote was
 # refused, none timed out and none failed to connect is a stall: every vote waited, and was

@@ -309,6 +309,8 @@ class Traefik(Tool):
         providers = self.dir / "providers.yml"
         providers.write_text('  swarm:\n    endpoint: "${SWARM_ENDPOINT}"\n')
         run = self.dir / "run"
+        token = self.dir / "certs_provider_token"
+        token.write_text("the-token\n")
         result = self.run_init(
             "traefik",
             TRAEFIK_TEMPLATE=str(DEPLOY / "traefik" / "traefik.yml"),
@@ -316,10 +318,8 @@ class Traefik(Tool):
             TRAEFIK_RUN_DIR=str(run),
             TRAEFIK_PROVIDERS=str(providers),
             SWARM_ENDPOINT="tcp://socket-proxy:2375",
-            ACME_EMAIL="a@b.c",
-            ACME_STORAGE=str(self.dir / "acme" / "acme.json"),
-            ACME_CA_SERVER="https://ca/dir",
-            ACME_CA_CERTIFICATES="/etc/ssl/certs/ca-certificates.crt",
+            CERTS_PROVIDER_URL="http://certs:8084/traefik",
+            CERTS_PROVIDER_TOKEN_FILE=str(token),
             TRAEFIK_PING_PORT="8090",
             TRAEFIK_API_PORT="8091",
             RATE_LIMIT_AVERAGE="100",
@@ -333,6 +333,9 @@ class Traefik(Tool):
         self.assertIn(f"--configFile={run}/traefik.yml", result.stdout)
         text = (run / "traefik.yml").read_text()
         self.assertIn('providers:\n  swarm:\n    endpoint: "tcp://socket-proxy:2375"\n  file:', text)
+        # The certificate manager's configuration, asked for with the token from its secret.
+        self.assertIn('endpoint: "http://certs:8084/traefik"', text)
+        self.assertIn('Authorization: "Bearer the-token"', text)
         self.assertTrue((run / "dynamic" / "middlewares.yml").exists())
 
 
