@@ -114,6 +114,11 @@ impl Bench {
             binary,
             &[
                 &format!("--entrypoints.web.address=127.0.0.1:{web_port}"),
+                // As deploy/traefik/traefik.yml: HTTP redirected to HTTPS, by a router below the
+                // challenge route.
+                "--entrypoints.web.http.redirections.entrypoint.to=websecure",
+                "--entrypoints.web.http.redirections.entrypoint.scheme=https",
+                "--entrypoints.web.http.redirections.entrypoint.priority=1",
                 &format!("--entrypoints.websecure.address=127.0.0.1:{websecure_port}"),
                 &format!("--entrypoints.ping.address=127.0.0.1:{ping_port}"),
                 "--ping.entrypoint=ping",

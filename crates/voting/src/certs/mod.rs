@@ -21,6 +21,7 @@ pub mod args;
 pub mod seal;
 pub mod store;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -32,6 +33,7 @@ use axum::routing::get;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::PgConnectOptions;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use self::acme::AcmeSettings;
@@ -44,6 +46,13 @@ use crate::service::Service;
 /// The Traefik entry point HTTP-01 challenges arrive on (port 80): `web` in our Traefik
 /// configuration (deploy/traefik/traefik.yml).
 pub const CHALLENGE_ENTRY_POINT: &str = "web";
+
+/// After a certificate could not be had (its name does not resolve to an edge yet, the CA
+/// refused), the leader waits this long before it tries that name again, twice as long after
+/// each failure up to [`MAX_RETRY_WAIT`]: Let's Encrypt allows five failed validations per
+/// name an hour.
+const FIRST_RETRY_WAIT: Duration = Duration::from_secs(60);
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone)]
 pub struct CertsConfig {
@@ -156,12 +165,36 @@ impl Manager {
         };
         tracing::info!("leading: this replica orders and renews the certificates");
         let account = acme::account(&mut leader, &self.acme).await?;
+        // When each name that failed may be tried again, and how long it waited last.
+        let mut retries: HashMap<&str, (Instant, Duration)> = HashMap::new();
         loop {
             for domain in &self.domains {
+                if retries.get(domain.as_str()).is_some_and(|(not_before, _)| Instant::now() < *not_before) {
+                    continue;
+                }
                 let domains = std::slice::from_ref(domain);
-                if leader.is_due(domain, domains, self.renew_before).await? {
-                    tracing::info!(domain, "a certificate is due");
-                    acme::obtain(&mut leader, &account, &self.acme, domain, domains).await?;
+                // A leader whose connection died stops here: the lock went with it.
+                if !leader.is_due(domain, domains, self.renew_before).await? {
+                    continue;
+                }
+                tracing::info!(domain, "a certificate is due");
+                match acme::obtain(&mut leader, &account, &self.acme, domain, domains).await {
+                    Ok(()) => {
+                        retries.remove(domain.as_str());
+                    }
+                    // One name failing does not hold the others back.
+                    Err(e) => {
+                        let wait = retries
+                            .get(domain.as_str())
+                            .map_or(FIRST_RETRY_WAIT, |(_, waited)| (*waited * 2).min(MAX_RETRY_WAIT));
+                        tracing::warn!(
+                            domain,
+                            error = format!("{e:#}"),
+                            retry_in_s = wait.as_secs(),
+                            "no certificate this time"
+                        );
+                        retries.insert(domain, (Instant::now() + wait, wait));
+                    }
                 }
             }
             tokio::select! {
