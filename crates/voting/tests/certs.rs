@@ -290,8 +290,8 @@ async fn a_leader_killed_in_the_middle_of_an_order_is_succeeded_by_one_that_comp
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let recorded = recorded.unwrap_or_else(|| panic!("no order was recorded: {}", first.log()));
-    // Killed the moment its order is recorded: it waits at least 500 ms before it first asks
-    // whether the order is ready, so it cannot have finished.
+    // Killed the moment its order is recorded: it waits 2 s after handing in its challenge
+    // before it first asks whether the order is ready, so it cannot have finished.
     first.kill();
     assert!(bench.stored().await.is_none(), "the first leader finished before it was killed");
 

@@ -165,6 +165,14 @@ class Swarm:
             self.forget_tasks()  # gone, or its node is: list again next time
             raise
 
+    def run_in(self, task: Task, *argv: str, timeout: float = 30) -> str:
+        """A program run in a task's container without a shell (the voting image has none)."""
+        return self.on(task.node, "exec", task.container, *argv, timeout=timeout)
+
+    def logs(self, task: Task) -> str:
+        """Everything a task's container wrote, stdout and stderr."""
+        return run(["docker", "exec", task.node, "sh", "-c", f"docker logs {task.container} 2>&1"], timeout=30)
+
     def kill(self, task: Task) -> None:
         self.on(task.node, "kill", task.container)  # SIGKILL
         self.forget_tasks()
@@ -211,6 +219,12 @@ class Swarm:
 
     def pg_query(self, member: str, sql: str) -> str:
         return self.exec_in(self.task(member), f'psql -h /var/run/postgresql -XAtc "{sql}"', user="postgres").strip()
+
+    def app_query(self, sql: str, timeout: float = 10) -> str:
+        """`sql` in the application's database on the primary."""
+        primary = _require(_one(self.pg_primaries()), "one PostgreSQL primary")
+        script = f'psql -h /var/run/postgresql -d voting -XAtc "{sql}"'
+        return self.exec_in(self.task(primary), script, user="postgres", timeout=timeout).strip()
 
     def pg_primaries(self) -> list[str]:
         primaries = []
@@ -845,6 +859,89 @@ def restart_traefik(run: Run, state: dict) -> Fault:
     )
 
 
+def renew_certificates(run: Run, state: dict) -> Fault:
+    """`voting certs renew` for every host name, under load: one order each, and every edge
+    serves the new certificates, polled from the certificate manager, without a restart."""
+    swarm = run.swarm
+    before = served_everywhere(run)
+    orders = _pebble_orders(swarm)
+    traefiks = _traefik_containers(swarm)
+    swarm.run_in(swarm.task("certs"), "/usr/local/bin/voting", "certs", "renew", *run.hosts)
+    return Fault(
+        recovered=lambda: _all_renewed(run, before),
+        checks=[_ordered_once(swarm, orders, len(run.hosts)), _no_traefik_restarted(swarm, traefiks)],
+        notes=[f"asked the certificate manager to renew {', '.join(run.hosts)}"],
+    )
+
+
+def kill_certs_leader_mid_order(run: Run, state: dict) -> Fault:
+    """The certificate manager's leader killed (kill -9) the moment it has recorded a renewal's
+    order: the other replica takes the leadership and completes that same order, no second one."""
+    swarm = run.swarm
+    host = run.hosts[0]
+    before = served_everywhere(run)
+    orders = _pebble_orders(swarm)
+    leader = _certs_leader(swarm)
+    primary = swarm.task(_require(_one(swarm.pg_primaries()), "one PostgreSQL primary"))
+    swarm.run_in(swarm.task("certs"), "/usr/local/bin/voting", "certs", "renew", host)
+    # Polled inside the primary's container, every 50 ms: the leader waits 2 s after handing in
+    # its challenge before it first asks whether the order is ready, so it is caught mid-order.
+    wait = (
+        "for i in $(seq 600); do "
+        "u=$(psql -h /var/run/postgresql -d voting -XAtc 'SELECT order_url FROM acme_orders'); "
+        '[ -n "$u" ] && { echo "$u"; exit 0; }; sleep 0.05; done; exit 1'
+    )
+    recorded = swarm.exec_in(primary, wait, user="postgres", timeout=90).strip()
+    swarm.kill(leader)
+
+    def same_order() -> str | None:
+        stored = swarm.app_query(f"SELECT order_url FROM acme_certificates WHERE name = '{host}'")
+        return None if stored == recorded else f"the certificate came from {stored}, not the recorded order {recorded}"
+
+    return Fault(
+        recovered=lambda: _all_renewed(run, {key: value for key, value in before.items() if key[1] == host}),
+        checks=[same_order, _ordered_once(swarm, orders, 1)],
+        notes=[f"killed the leading certificate manager on {leader.node} once it had recorded {recorded}"],
+    )
+
+
+def _all_renewed(run: Run, before: dict[tuple[str, str], str]) -> bool:
+    served = served_everywhere(run)
+    return all(served[key] != fingerprint for key, fingerprint in before.items())
+
+
+def _pebble_orders(swarm: Swarm) -> int:
+    return swarm.logs(swarm.task("pebble")).count("Added order")
+
+
+def _ordered_once(swarm: Swarm, before: int, expected: int) -> Callable[[], str | None]:
+    def check() -> str | None:
+        placed = _pebble_orders(swarm) - before
+        return None if placed == expected else f"{placed} ACME orders placed for {expected} certificates"
+
+    return check
+
+
+def _traefik_containers(swarm: Swarm) -> list[str]:
+    return sorted(task.container for task in swarm.tasks(max_age=0).get("traefik", []))
+
+
+def _no_traefik_restarted(swarm: Swarm, before: list[str]) -> Callable[[], str | None]:
+    def check() -> str | None:
+        return None if _traefik_containers(swarm) == before else "a Traefik was replaced to serve the renewal"
+
+    return check
+
+
+def _certs_leader(swarm: Swarm) -> Task:
+    """The certificate manager replica that leads: the last to say "leading" and not since "ended"."""
+    for task in swarm.tasks(max_age=0).get("certs", []):
+        log = swarm.logs(task)
+        if log.rfind("leading:") > log.rfind("certificate leadership ended"):
+            return task
+    raise RuntimeError("no certificate manager leads")
+
+
 def served_everywhere(run: Run) -> dict[tuple[str, str], str]:
     """The certificate each edge serves for each host name, by (edge, host); raises when an edge
     does not answer, or when two edges serve different certificates for one name."""
@@ -1076,6 +1173,13 @@ SCENARIOS: list[Scenario[Run]] = [
         duration_s=60,
         prepare=isolate_a_pgpool_node,
         limited_by=NODE_LIMITS,
+    ),
+    Scenario("certificate-renewed", "renew every certificate under load", renew_certificates, NO_OUTAGE),
+    Scenario(
+        "certs-leader-killed",
+        "kill -9 the certificate manager's leader in the middle of an order",
+        kill_certs_leader_mid_order,
+        NO_OUTAGE,
     ),
     Scenario(
         "edge-node-killed",

@@ -88,10 +88,10 @@ pub async fn obtain(
         None => (place(leader, account, name, domains).await?, None),
     };
     let url = order.url().to_owned();
-    let polling = RetryPolicy::new()
-        .initial_delay(Duration::from_millis(500))
-        .backoff(1.5)
-        .timeout(settings.order_timeout);
+    // A CA takes seconds to validate and to issue: asking after 2 s, then less and less often,
+    // spares it needless polls.
+    let polling =
+        RetryPolicy::new().initial_delay(Duration::from_secs(2)).backoff(1.5).timeout(settings.order_timeout);
 
     if order.state().status == OrderStatus::Pending {
         answer_challenges(leader, &mut order, &url, settings).await?;
