@@ -396,3 +396,17 @@ fn http_status(url: &str) -> Option<u16> {
     .ok()
     .flatten()
 }
+
+#[tokio::test]
+async fn a_database_that_never_answers_does_not_hold_a_replica_trying_for_the_leadership() {
+    // Accepts connections (the kernel does, into the backlog) and never says a word: a
+    // Pgpool-II whose node died, as a client sees it.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let options: sqlx::postgres::PgConnectOptions =
+        format!("postgres://voting_certs@{}/voting", silent.local_addr().unwrap()).parse().unwrap();
+    let sealer = voting::certs::seal::Sealer::from_secret(SECRET).unwrap();
+    let started = std::time::Instant::now();
+    let tried = voting::certs::store::Leader::try_acquire(&options, sealer).await;
+    assert!(tried.is_err(), "a silent database gave the leadership");
+    assert!(started.elapsed() < Duration::from_secs(10), "waited {:?}", started.elapsed());
+}

@@ -206,6 +206,16 @@ async fn self_check(settings: &AcmeSettings, domain: &str, token: &str, expected
     }
 }
 
+/// Whether `error` says the CA does not know the account it was made with.
+pub fn account_is_gone(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| match cause.downcast_ref::<instant_acme::Error>() {
+        Some(instant_acme::Error::Api(problem)) => {
+            problem.r#type.as_deref() == Some("urn:ietf:params:acme:error:accountDoesNotExist")
+        }
+        _ => false,
+    })
+}
+
 /// When the first certificate of a PEM chain expires, in seconds since the epoch.
 fn not_after(chain_pem: &str) -> anyhow::Result<i64> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(chain_pem.as_bytes()).context("the CA sent no PEM")?;
@@ -225,6 +235,19 @@ pub fn check_root(path: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_account_the_ca_does_not_know_is_told_from_other_refusals() {
+        let refusal = |kind: &str| {
+            let problem: instant_acme::Problem =
+                serde_json::from_value(serde_json::json!({ "type": kind, "detail": "no", "status": 400 }))
+                    .unwrap();
+            anyhow::Error::from(instant_acme::Error::Api(problem)).context("placing an order")
+        };
+        assert!(account_is_gone(&refusal("urn:ietf:params:acme:error:accountDoesNotExist")));
+        assert!(!account_is_gone(&refusal("urn:ietf:params:acme:error:unauthorized")));
+        assert!(!account_is_gone(&anyhow::anyhow!("connection refused")));
+    }
 
     #[test]
     fn the_expiry_is_read_from_the_leaf_certificate() {

@@ -54,6 +54,10 @@ pub const CHALLENGE_ENTRY_POINT: &str = "web";
 const FIRST_RETRY_WAIT: Duration = Duration::from_secs(60);
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(3600);
 
+/// Longest wait for the ACME server to answer one request: its client sets no timeout, and a
+/// CA behind a dead route would hold the leadership forever.
+const ACME_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Clone)]
 pub struct CertsConfig {
     pub addr: SocketAddr,
@@ -164,7 +168,11 @@ impl Manager {
             return Ok(());
         };
         tracing::info!("leading: this replica orders and renews the certificates");
-        let account = acme::account(&mut leader, &self.acme).await?;
+        let account = tokio::time::timeout(ACME_CALL_TIMEOUT, acme::account(&mut leader, &self.acme))
+            .await
+            .map_err(|_| anyhow::anyhow!("the ACME server did not answer within {ACME_CALL_TIMEOUT:?}"))??;
+        // Every step of an order waits at most this long: the self-check, validation, issuance.
+        let order_deadline = self.acme.self_check_timeout + self.acme.order_timeout * 2 + ACME_CALL_TIMEOUT;
         // When each name that failed may be tried again, and how long it waited last.
         let mut retries: HashMap<&str, (Instant, Duration)> = HashMap::new();
         loop {
@@ -178,9 +186,21 @@ impl Manager {
                     continue;
                 }
                 tracing::info!(domain, "a certificate is due");
-                match acme::obtain(&mut leader, &account, &self.acme, domain, domains).await {
+                let obtained = tokio::time::timeout(
+                    order_deadline,
+                    acme::obtain(&mut leader, &account, &self.acme, domain, domains),
+                )
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the order took longer than {order_deadline:?}")));
+                match obtained {
                     Ok(()) => {
                         retries.remove(domain.as_str());
+                    }
+                    // The CA no longer knows the stored account (a test CA restarted, or the
+                    // account was deactivated): forget it, and the next leader makes another.
+                    Err(e) if acme::account_is_gone(&e) => {
+                        leader.forget_account(&self.acme.directory_url).await?;
+                        return Err(e.context("the CA no longer knows the stored account"));
                     }
                     // One name failing does not hold the others back.
                     Err(e) => {

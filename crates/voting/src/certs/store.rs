@@ -2,6 +2,8 @@
 //! the certificates it hands to Traefik, the challenge answers — through a pool, and what only
 //! the leader writes, on the one connection that holds the leadership.
 
+use std::future::Future;
+use std::io;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -9,11 +11,23 @@ use instant_acme::AccountCredentials;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
 use sqlx::{Connection, Row};
 
+use voting_core::store::postgres::ANSWER_TIMEOUT;
+
 use super::seal::Sealer;
 
 /// The advisory lock whose holder is the leader ("votcerts" in ASCII): one number for every
 /// manager of the database.
 const LEADER_LOCK: i64 = 0x766f_7463_6572_7473;
+
+/// Gives a statement of the leader up after [`ANSWER_TIMEOUT`] without an answer, for the
+/// store's reason: a Pgpool-II whose node died sends no reset, and a statement sent through it
+/// waits for as long as the kernel retransmits it. In a Swarm run a leader sat on such a
+/// connection for minutes and did no renewal. The error ends the leadership.
+async fn answered<T>(work: impl Future<Output = Result<T, sqlx::Error>>) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(ANSWER_TIMEOUT, work).await.unwrap_or_else(|_| {
+        Err(sqlx::Error::Io(io::Error::new(io::ErrorKind::TimedOut, "no answer from the database in time")))
+    })
+}
 
 /// A certificate and its private key, as Traefik takes them.
 #[derive(Debug, Clone)]
@@ -105,11 +119,13 @@ impl Leader {
         options: &PgConnectOptions,
         sealer: Sealer,
     ) -> Result<Option<Self>, sqlx::Error> {
-        let mut connection = PgConnection::connect_with(options).await?;
-        let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(LEADER_LOCK)
-            .fetch_one(&mut connection)
-            .await?;
+        let mut connection = answered(PgConnection::connect_with(options)).await?;
+        let acquired: bool = answered(
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(LEADER_LOCK)
+                .fetch_one(&mut connection),
+        )
+        .await?;
         if acquired {
             Ok(Some(Self { connection, sealer }))
         } else {
@@ -120,11 +136,12 @@ impl Leader {
     }
 
     pub async fn account(&mut self, directory_url: &str) -> anyhow::Result<Option<AccountCredentials>> {
-        let sealed: Option<Vec<u8>> =
+        let sealed: Option<Vec<u8>> = answered(
             sqlx::query_scalar("SELECT credentials FROM acme_accounts WHERE directory_url = $1")
                 .bind(directory_url)
-                .fetch_optional(&mut self.connection)
-                .await?;
+                .fetch_optional(&mut self.connection),
+        )
+        .await?;
         sealed.map(|sealed| Ok(serde_json::from_slice(&self.sealer.open(&sealed)?)?)).transpose()
     }
 
@@ -134,15 +151,27 @@ impl Leader {
         credentials: &AccountCredentials,
     ) -> anyhow::Result<()> {
         let sealed = self.sealer.seal(&serde_json::to_vec(credentials)?);
-        sqlx::query(
-            "INSERT INTO acme_accounts (directory_url, credentials) VALUES ($1, $2)
+        answered(
+            sqlx::query(
+                "INSERT INTO acme_accounts (directory_url, credentials) VALUES ($1, $2)
              ON CONFLICT (directory_url) DO UPDATE SET credentials = EXCLUDED.credentials",
+            )
+            .bind(directory_url)
+            .bind(sealed)
+            .execute(&mut self.connection),
         )
-        .bind(directory_url)
-        .bind(sealed)
-        .execute(&mut self.connection)
         .await?;
         Ok(())
+    }
+
+    pub async fn forget_account(&mut self, directory_url: &str) -> Result<(), sqlx::Error> {
+        answered(
+            sqlx::query("DELETE FROM acme_accounts WHERE directory_url = $1")
+                .bind(directory_url)
+                .execute(&mut self.connection),
+        )
+        .await
+        .map(drop)
     }
 
     /// Whether `name` needs a certificate: none yet, one for other domains, one expiring within
@@ -153,24 +182,28 @@ impl Leader {
         domains: &[String],
         renew_before: Duration,
     ) -> Result<bool, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT NOT EXISTS (
+        answered(
+            sqlx::query_scalar(
+                "SELECT NOT EXISTS (
                  SELECT FROM acme_certificates
                  WHERE name = $1 AND domains = $2 AND renewal_requested_at IS NULL
                    AND not_after > now() + make_interval(secs => $3))",
+            )
+            .bind(name)
+            .bind(domains)
+            .bind(renew_before.as_secs_f64())
+            .fetch_one(&mut self.connection),
         )
-        .bind(name)
-        .bind(domains)
-        .bind(renew_before.as_secs_f64())
-        .fetch_one(&mut self.connection)
         .await
     }
 
     pub async fn order(&mut self, name: &str) -> anyhow::Result<Option<OrderRecord>> {
-        let row = sqlx::query("SELECT order_url, private_key FROM acme_orders WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&mut self.connection)
-            .await?;
+        let row = answered(
+            sqlx::query("SELECT order_url, private_key FROM acme_orders WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut self.connection),
+        )
+        .await?;
         let Some(row) = row else { return Ok(None) };
         let key_pem = match row.get::<Option<Vec<u8>>, _>("private_key") {
             Some(sealed) => Some(String::from_utf8(self.sealer.open(&sealed)?)?),
@@ -186,33 +219,39 @@ impl Leader {
         domains: &[String],
         url: &str,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query("INSERT INTO acme_orders (name, domains, order_url) VALUES ($1, $2, $3)")
-            .bind(name)
-            .bind(domains)
-            .bind(url)
-            .execute(&mut self.connection)
-            .await
-            .map(drop)
+        answered(
+            sqlx::query("INSERT INTO acme_orders (name, domains, order_url) VALUES ($1, $2, $3)")
+                .bind(name)
+                .bind(domains)
+                .bind(url)
+                .execute(&mut self.connection),
+        )
+        .await
+        .map(drop)
     }
 
     /// Records the certificate's key before the order is finalized with it.
     pub async fn record_order_key(&mut self, name: &str, key_pem: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE acme_orders SET private_key = $2 WHERE name = $1")
-            .bind(name)
-            .bind(self.sealer.seal(key_pem.as_bytes()))
-            .execute(&mut self.connection)
-            .await
-            .map(drop)
+        answered(
+            sqlx::query("UPDATE acme_orders SET private_key = $2 WHERE name = $1")
+                .bind(name)
+                .bind(self.sealer.seal(key_pem.as_bytes()))
+                .execute(&mut self.connection),
+        )
+        .await
+        .map(drop)
     }
 
     /// Drops an order the CA no longer accepts, and its challenges.
     pub async fn forget_order(&mut self, name: &str) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "WITH gone AS (DELETE FROM acme_orders WHERE name = $1 RETURNING order_url)
+        answered(
+            sqlx::query(
+                "WITH gone AS (DELETE FROM acme_orders WHERE name = $1 RETURNING order_url)
              DELETE FROM acme_challenges WHERE order_url IN (SELECT order_url FROM gone)",
+            )
+            .bind(name)
+            .execute(&mut self.connection),
         )
-        .bind(name)
-        .execute(&mut self.connection)
         .await
         .map(drop)
     }
@@ -223,14 +262,16 @@ impl Leader {
         key_authorization: &str,
         order_url: &str,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO acme_challenges (token, key_authorization, order_url) VALUES ($1, $2, $3)
+        answered(
+            sqlx::query(
+                "INSERT INTO acme_challenges (token, key_authorization, order_url) VALUES ($1, $2, $3)
              ON CONFLICT (token) DO NOTHING",
+            )
+            .bind(token)
+            .bind(key_authorization)
+            .bind(order_url)
+            .execute(&mut self.connection),
         )
-        .bind(token)
-        .bind(key_authorization)
-        .bind(order_url)
-        .execute(&mut self.connection)
         .await
         .map(drop)
     }
@@ -244,8 +285,8 @@ impl Leader {
         order_url: &str,
     ) -> Result<(), sqlx::Error> {
         let sealed_key = self.sealer.seal(issued.key_pem.as_bytes());
-        let mut transaction = self.connection.begin().await?;
-        sqlx::query(
+        let mut transaction = answered(self.connection.begin()).await?;
+        answered(sqlx::query(
             "INSERT INTO acme_certificates (name, domains, certificate_pem, private_key, not_after, order_url)
              VALUES ($1, $2, $3, $4, to_timestamp($5), $6)
              ON CONFLICT (name) DO UPDATE SET
@@ -259,14 +300,19 @@ impl Leader {
         .bind(sealed_key)
         .bind(issued.not_after_unix as f64)
         .bind(order_url)
-        .execute(&mut *transaction)
+        .execute(&mut *transaction))
         .await?;
-        sqlx::query("DELETE FROM acme_orders WHERE name = $1").bind(name).execute(&mut *transaction).await?;
-        sqlx::query("DELETE FROM acme_challenges WHERE order_url = $1")
-            .bind(order_url)
-            .execute(&mut *transaction)
-            .await?;
-        transaction.commit().await
+        answered(
+            sqlx::query("DELETE FROM acme_orders WHERE name = $1").bind(name).execute(&mut *transaction),
+        )
+        .await?;
+        answered(
+            sqlx::query("DELETE FROM acme_challenges WHERE order_url = $1")
+                .bind(order_url)
+                .execute(&mut *transaction),
+        )
+        .await?;
+        answered(transaction.commit()).await
     }
 }
 
